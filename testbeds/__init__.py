@@ -1,0 +1,10 @@
+"""testbeds: Topologies and testbeds (emulated, network namespaces, deployment) for tcpstack and the overlay."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("tcpstack")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]
