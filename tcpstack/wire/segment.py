@@ -14,6 +14,7 @@ import enum
 import ipaddress
 import socket
 import struct
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import attrs
@@ -100,27 +101,28 @@ def to_address(value: str | int | bytes | ipaddress.IPv4Address) -> str:
     raise TypeError(f"not an IPv4 address: {value!r}")
 
 
-def _to_sack_blocks(value: object) -> tuple[SackBlock, ...]:
+def _to_sack_blocks(value: Iterable[SackBlock | tuple[int, int]]) -> tuple[SackBlock, ...]:
     if type(value) is tuple and all(type(b) is SackBlock for b in value):
-        return value
-    return tuple(SackBlock(int(b[0]), int(b[1])) for b in value)  # type: ignore[attr-defined]
+        return value  # already normalised
+    return tuple(SackBlock(int(b[0]), int(b[1])) for b in value)
 
 
-def _to_timestamps(value: object) -> Timestamps | None:
+def _to_timestamps(value: Timestamps | tuple[int, int] | None) -> Timestamps | None:
     if value is None or type(value) is Timestamps:
         return value
-    tsval, tsecr = value  # type: ignore[misc]
-    return Timestamps(int(tsval), int(tsecr))
+    if len(value) != 2:
+        raise ValueError(f"timestamps must be a (tsval, tsecr) pair, got {value!r}")
+    return Timestamps(int(value[0]), int(value[1]))
 
 
-def _to_unknown(value: object) -> tuple[tuple[int, bytes], ...]:
-    return tuple((int(k), bytes(d)) for k, d in value)  # type: ignore[attr-defined]
+def _to_unknown(value: Iterable[tuple[int, bytes]]) -> tuple[tuple[int, bytes], ...]:
+    return tuple((int(k), bytes(d)) for k, d in value)
 
 
-def _to_layout(value: object) -> tuple[int, ...] | None:
+def _to_layout(value: Iterable[int] | None) -> tuple[int, ...] | None:
     if value is None:
         return None
-    return tuple(int(k) for k in value)  # type: ignore[attr-defined]
+    return tuple(int(k) for k in value)
 
 
 @attrs.frozen(slots=True)
