@@ -1,0 +1,643 @@
+"""One TCP connection as a sans-IO state machine (RFC 9293 with Linux's choices).
+
+The stack feeds it segments (:meth:`Connection.on_segment`) and time (:meth:`on_timer`), and
+collects what to send (:meth:`poll_transmit`), the next deadline, readable data and events. It
+never reads a clock: every entry point that depends on time takes ``now`` (seconds). Sequence
+numbers are absolute integers inside, 32-bit on the wire.
+
+Segment arrival follows RFC 9293 section 3.10.7 in its order: SYN-SENT handling; otherwise
+PAWS (RFC 7323 5.3), the acceptability test, RST (with RFC 5961 3.2), SYN (RFC 5961 4.2), ACK
+(RFC 5961 5.2 and 3.10.7.4), then the text and the FIN.
+"""
+
+from __future__ import annotations
+
+from tcpstack.tcp.config import ConnectionOptions
+from tcpstack.tcp.events import (
+    ChallengeAckSent,
+    Event,
+    IcmpReceived,
+    ResetReceived,
+)
+from tcpstack.tcp.info import TCPInfo
+from tcpstack.tcp.introspect import build_info
+from tcpstack.tcp.receiver import ACK_DELAYED, ACK_NOW
+from tcpstack.tcp.sender import SENDING_STATES
+from tcpstack.tcp.seq import seq_lt, unwrap
+from tcpstack.tcp.state import TcpState
+from tcpstack.tcp.timeouts import TimeoutMixin
+from tcpstack.tcp.timers import TimerKind
+from tcpstack.wire.segment import (
+    ECN_CE,
+    ECN_NOT_ECT,
+    IcmpMessage,
+    IcmpType,
+    TcpFlags,
+    TcpOptions,
+    TcpSegment,
+    Timestamps,
+)
+
+__all__ = ["Connection"]
+
+MASK = 0xFFFFFFFF
+_ACK = TcpFlags.ACK
+_SYN = TcpFlags.SYN
+_FIN = TcpFlags.FIN
+_RST = TcpFlags.RST
+PAWS_IDLE = 24 * 24 * 3600.0  # RFC 7323 5.5: ts_recent is invalid after 24 days idle
+TCP_MIN_SND_MSS = 48  # Linux: the smallest MSS we will send with, whatever the peer says
+_ERRORS = {
+    "connection reset by peer": ConnectionResetError,
+    "connection refused": ConnectionRefusedError,
+    "connection timed out": TimeoutError,
+    "user timeout": TimeoutError,
+    "connection aborted": ConnectionAbortedError,
+}
+
+
+class Connection(TimeoutMixin):
+    """A TCP connection. See the module docstring and DESIGN.md (layer ``tcp``)."""
+
+    # -- creation -----------------------------------------------------------------------
+
+    @classmethod
+    def from_syn(
+        cls,
+        syn: TcpSegment,
+        *,
+        iss: int,
+        options: ConnectionOptions = ConnectionOptions(),  # noqa: B008 - frozen value
+        now: float,
+        conn_id: int = 0,
+        ts_offset: int | None = None,
+    ) -> Connection:
+        """Passive open: the stack's listener accepted ``syn``; a SYN-ACK is queued."""
+        if not syn.flags & _SYN or syn.flags & (_ACK | _RST | _FIN):
+            raise ValueError(f"not a connection request: {syn!r}")
+        conn = cls(
+            (syn.dst, syn.dport), (syn.src, syn.sport), iss=iss, options=options,
+            conn_id=conn_id, ts_offset=ts_offset,
+        )
+        conn.passive = True
+        conn.created = conn.last_now = conn.last_rx = now
+        conn._learn_syn_options(syn, now)
+        conn.rcv.start(syn.seq, now)
+        conn.snd_wnd = syn.window  # RFC 7323 2.2: the window of a SYN is never scaled
+        conn.max_window = syn.window
+        conn.snd_wl1 = conn.rcv.irs
+        conn.snd_wl2 = iss
+        conn._set_state(TcpState.SYN_RECEIVED, now)
+        conn.syn_pending = True
+        return conn
+
+    def open_active(self, now: float) -> None:
+        """Active open (RFC 9293 3.10.1 OPEN call): queue our SYN."""
+        if self.state is not TcpState.CLOSED or self.error is not None or self.snd_nxt != self.iss:
+            raise RuntimeError(f"open_active() on a connection in state {self.state}")
+        self.created = self.last_now = self.last_rx = now
+        self.syn_pending = True
+        self._set_state(TcpState.SYN_SENT, now)
+
+    # -- public properties --------------------------------------------------------------
+
+    @property
+    def readable_bytes(self) -> int:
+        return self.rcv.readable
+
+    @property
+    def send_space(self) -> int:
+        if self.shut_wr or self.state in (TcpState.CLOSED, TcpState.TIME_WAIT):
+            return 0
+        return self.sndbuf.space
+
+    @property
+    def at_eof(self) -> bool:
+        """The peer's FIN has been received and every byte before it read."""
+        return self.rcv.fin_received and self.rcv.readable == 0
+
+    @property
+    def local(self) -> tuple[str, int]:
+        return (self.local_addr, self.local_port)
+
+    @property
+    def remote(self) -> tuple[str, int]:
+        return (self.remote_addr, self.remote_port)
+
+    def error_exception(self) -> OSError | None:
+        """The exception the API layer should raise for :attr:`error` (None if no error)."""
+        if self.error is None:
+            return None
+        return _ERRORS.get(self.error, ConnectionError)(self.error)
+
+    def drain_events(self) -> list[Event]:
+        events = list(self.events)
+        self.events.clear()
+        return events
+
+    def next_deadline(self) -> float | None:
+        when = self.timers.earliest()
+        if when is None:
+            return None
+        return max(when, self.last_now)
+
+    def info(self, now: float) -> TCPInfo:
+        return build_info(self, now)
+
+    # -- application calls --------------------------------------------------------------
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue ``data``; return the number of bytes accepted (bounded by the send buffer)."""
+        exc = self.error_exception()
+        if exc is not None:
+            raise exc
+        if self.shut_wr or self.state not in (
+            TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT,
+        ):
+            raise BrokenPipeError(f"connection is not open for sending (state {self.state})")
+        n = self.sndbuf.append(data)
+        if n < len(data) and self.sndbuf_limited_start is None:
+            self.sndbuf_limited_start = self.last_now
+        return n
+
+    def receive(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of in-order data; b"" when none (``at_eof`` tells EOF apart)."""
+        data = self.rcv.read(max_bytes, self.last_now)
+        if data and self.state in (
+            TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2
+        ) and self.rcv.window_update_worthwhile():
+            # RFC 9293 3.8.6.2.2 / Linux tcp_cleanup_rbuf: tell the peer the window reopened.
+            self.ack_now = True
+        return data
+
+    def shutdown_read(self) -> None:
+        """SHUT_RD: discard what is buffered and what arrives later (still acknowledged)."""
+        self.rcv.shutdown_read()
+
+    def shutdown_write(self) -> None:
+        """Half-close (RFC 9293 3.10.4 CLOSE): a FIN follows the queued data."""
+        st = self.state
+        if self.shut_wr or st in (TcpState.CLOSED, TcpState.LISTEN):
+            self.shut_wr = True
+            return
+        self.shut_wr = True
+        now = self.last_now
+        if st in (TcpState.ESTABLISHED, TcpState.SYN_RECEIVED):
+            self._set_state(TcpState.FIN_WAIT_1, now)
+        elif st is TcpState.CLOSE_WAIT:
+            self._set_state(TcpState.LAST_ACK, now)
+        # SYN_SENT: the FIN goes out once established (RFC 9293: "queue ... until ESTABLISHED").
+
+    def close(self) -> None:
+        """The application is done with the connection (both directions)."""
+        now = self.last_now
+        self.app_closed = True
+        st = self.state
+        if st in (TcpState.CLOSED, TcpState.LISTEN):
+            return
+        if st is TcpState.SYN_SENT:
+            self._close(now)
+            return
+        if self.rcv.readable and self.profile.rst_on_close_with_unread_data:
+            # RFC 2525 2.17 / Linux tcp_close: unread data is lost, so say so with a RST.
+            self._abort_with_rst(now, "close with unread data")
+            return
+        self.rcv.shutdown_read()
+        self.shutdown_write()
+        if self.state is TcpState.FIN_WAIT_2:
+            self._arm_fin_wait_2(now)
+
+    def abort(self) -> None:
+        """RFC 9293 3.10.5 ABORT: send a RST if synchronized, drop everything."""
+        if self.state in (TcpState.CLOSED, TcpState.LISTEN):
+            return
+        if self.state is TcpState.SYN_SENT:
+            self._close(self.last_now, "connection aborted")
+            return
+        self._abort_with_rst(self.last_now, "abort", "connection aborted")
+
+    # -- output -------------------------------------------------------------------------
+
+    def poll_transmit(self, now: float) -> list[TcpSegment]:
+        """Everything that may be sent now."""
+        self._advance(now)
+        out = self.outq
+        self.outq = []
+        if self.rst_pending is not None:
+            out.append(self._build_active_rst(now, self.rst_pending))
+            self.rst_pending = None
+        st = self.state
+        if self.syn_pending and st in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED):
+            out.append(self._build_syn(now))
+        elif st in SENDING_STATES:
+            self._transmit(now, out)
+        if self.ack_now and st.synchronized:
+            out.append(self._emit(self.snd_nxt, _ACK, now))
+        return out
+
+    def _build_syn(self, now: float) -> TcpSegment:
+        opts = self.opts
+        self.syn_pending = False
+        if self.state is TcpState.SYN_SENT:
+            flags = _SYN
+            sack, ts, wscale = opts.sack, opts.timestamps, opts.window_scaling
+            if opts.ecn:
+                flags |= TcpFlags.ECE | TcpFlags.CWR  # RFC 3168 6.1.1: ECN-setup SYN
+        else:
+            flags = _SYN | _ACK
+            sack, ts, wscale = self.sack_ok, self.ts_ok, self.wscale_ok
+            if self.ecn_ok:
+                flags |= TcpFlags.ECE  # ECN-setup SYN-ACK
+        options = TcpOptions(
+            mss=self.advmss,
+            wscale=self.rcv_wscale_offer if wscale else None,
+            sack_permitted=sack,
+            timestamps=Timestamps(self._tsval(now), self.ts_recent if ts and self.passive else 0)
+            if ts else None,
+            layout=self.profile.syn_layout(mss=True, sack=sack, ts=ts, wscale=wscale),
+        )
+        seg = self._emit(self.iss, flags, now, options=options)
+        retransmit = self.snd_nxt > self.iss
+        self.sb.on_sent(self.iss, self.iss + 1, now, retransmit=retransmit, rate=self.rate,
+                        syn=True)
+        self.snd_nxt = self.iss + 1
+        if self.retrans_stamp is None:
+            self.retrans_stamp = now
+        self.timers.set(TimerKind.RETRANSMIT, now + self.rtt.rto)
+        return seg
+
+    # -- input --------------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        if now > self.last_now:
+            self.last_now = now
+        if self.timers.earliest() is not None and self.timers.earliest() <= now:  # type: ignore[operator]
+            self.on_timer(now)
+
+    def on_segment(self, seg: TcpSegment, now: float) -> None:
+        """Process one arriving segment (already demultiplexed to this connection)."""
+        self._advance(now)
+        if self.ack_now and self.state.synchronized:
+            # The previous segment asked for an immediate ACK that nothing has carried yet:
+            # send it now, so each segment that needs one gets its own (dup ACKs count).
+            self.outq.append(self._emit(self.snd_nxt, _ACK, now))
+        self.segs_in += 1
+        st = self.state
+        if st is TcpState.CLOSED or st is TcpState.LISTEN:
+            self._reply_closed(seg, now)
+            return
+        self.last_rx = now
+        if st is TcpState.SYN_SENT:
+            self._on_segment_syn_sent(seg, now)
+            return
+        self._on_segment_sync(seg, now)
+
+    def _reply_closed(self, seg: TcpSegment, now: float) -> None:
+        # RFC 9293 3.10.7.1: a segment for a CLOSED connection draws a RST (unless it is one).
+        if seg.flags & _RST:
+            return
+        if seg.flags & _ACK:
+            self._queue_rst(seg.ack, None, now, "closed")
+        else:
+            self._queue_rst(0, (seg.seq + seg.seg_len) & MASK, now, "closed")
+
+    def _learn_syn_options(self, syn: TcpSegment, now: float) -> None:
+        o = syn.options
+        opts = self.opts
+        self.peer_mss = o.mss if o.mss else 536
+        self.wscale_ok = opts.window_scaling and o.wscale is not None
+        if self.wscale_ok and o.wscale is not None:
+            self.snd_wscale = min(o.wscale, 14)  # RFC 7323 2.3: larger shifts are treated as 14
+            self.rcv.rcv_wscale = self.rcv_wscale_offer
+        else:
+            self.snd_wscale = 0
+            self.rcv.rcv_wscale = 0
+        self.sack_ok = opts.sack and o.sack_permitted
+        self.ts_ok = opts.timestamps and o.timestamps is not None
+        if self.ts_ok and o.timestamps is not None:
+            self.ts_recent = o.timestamps.tsval
+            self.ts_recent_stamp = now
+        if self.passive:
+            self.ecn_ok = opts.ecn and bool(syn.flags & TcpFlags.ECE) and bool(
+                syn.flags & TcpFlags.CWR)
+        else:
+            self.ecn_ok = opts.ecn and bool(syn.flags & TcpFlags.ECE) and not bool(
+                syn.flags & TcpFlags.CWR)
+        self._sync_mss()
+
+    def _sync_mss(self) -> None:
+        """The send MSS: peer's MSS, our own clamp and the path MTU, less the TS option
+        (Linux mss_cache, tcpi_snd_mss)."""
+        mss = min(self.peer_mss, self.advmss, self.pmtu - 40)
+        if self.ts_ok:
+            mss -= 12
+        mss = max(mss, TCP_MIN_SND_MSS)
+        if mss != self.mss_cache:
+            self.mss_cache = mss
+            self.cc.set_mss(mss)
+
+    def _on_segment_syn_sent(self, seg: TcpSegment, now: float) -> None:
+        """RFC 9293 3.10.7.3."""
+        flags = seg.flags
+        ack_ok = False
+        if flags & _ACK:
+            ack = unwrap(seg.ack, self.snd_una)
+            if ack <= self.iss or ack > self.snd_nxt:
+                if not flags & _RST:
+                    self._queue_rst(seg.ack, None, now, "bad ack in SYN-SENT")
+                return
+            ack_ok = True
+        if flags & _RST:
+            if ack_ok:  # RFC 5961 3.2: in SYN-SENT a RST is accepted only with an acceptable ACK
+                self._event(ResetReceived(now, self.conn_id, "connection refused"))
+                self._close(now, "connection refused")
+            return
+        if not flags & _SYN:
+            return
+        rcv = self.rcv
+        syn_window = max(rcv.rcv_adv - rcv.rcv_nxt, 0)
+        self._learn_syn_options(seg, now)
+        rcv.start(seg.seq, now, syn_window)
+        if ack_ok:
+            ack = unwrap(seg.ack, self.snd_una)
+            res = self.sb.on_ack(ack, [], now, self.mss_cache, rate=self.rate)
+            self.snd_una = ack
+            if res.rtt_sample is not None:
+                self.rtt.on_rtt_sample(max(res.rtt_sample, 1e-6), now)
+            elif self.ts_ok and seg.options.timestamps is not None and seg.options.timestamps.tsecr:
+                self.rtt.on_rtt_sample(max(self._ts_age(seg.options.timestamps.tsecr, now), 1e-6), now)
+            self.snd_wnd = seg.window
+            self.max_window = max(self.max_window, seg.window)
+            self.snd_wl1 = rcv.irs
+            self.snd_wl2 = ack
+            self._established(now)
+            self.ack_now = True
+            if seg.payload or flags & _FIN:
+                self._process_text(seg, rcv.irs + 1, now)
+        else:
+            # RFC 9293 3.5 simultaneous open: SYN-RECEIVED, our SYN goes again with an ACK.
+            self.snd_wnd = seg.window
+            self.max_window = max(self.max_window, seg.window)
+            self.snd_wl1 = rcv.irs
+            self._set_state(TcpState.SYN_RECEIVED, now)
+            self.syn_pending = True
+
+    def _established(self, now: float) -> None:
+        syn_retransmitted = self.retransmits > 0
+        self.timers.cancel(TimerKind.RETRANSMIT)
+        self.retransmits = 0
+        self.retrans_stamp = None
+        self.rtt.reset_backoff()
+        if syn_retransmitted:
+            # RFC 5681 3.1: after a lost SYN or SYN-ACK the initial window is one segment.
+            self.cc.cwnd = self.mss_cache
+        self.cwnd_usage_seq = self.snd_nxt
+        self._set_state(TcpState.ESTABLISHED, now)
+        if self.shut_wr:
+            self._set_state(TcpState.FIN_WAIT_1, now)
+        ka = self.opts.keepalive
+        if ka.enabled:
+            self.timers.set(TimerKind.KEEPALIVE, now + ka.idle)
+
+    def _acceptable(self, seq: int, seg_len: int) -> bool:
+        """RFC 9293 3.10.7.4, first check: the segment overlaps the receive window."""
+        rcv = self.rcv
+        nxt = rcv.rcv_nxt
+        wnd = rcv.window
+        if seg_len == 0:
+            if wnd == 0:
+                return seq == nxt
+            return nxt <= seq < nxt + wnd
+        if wnd == 0:
+            return False
+        end = seq + seg_len - 1
+        return (nxt <= seq < nxt + wnd) or (nxt <= end < nxt + wnd) or (seq < nxt and end >= nxt + wnd)
+
+    def _on_segment_sync(self, seg: TcpSegment, now: float) -> None:
+        rcv = self.rcv
+        flags = seg.flags
+        seq = unwrap(seg.seq, rcv.rcv_nxt)
+        seg_len = seg.seg_len
+        ts = seg.options.timestamps if self.ts_ok else None
+
+        if (
+            self.state is TcpState.SYN_RECEIVED
+            and flags & _SYN
+            and not flags & (_ACK | _RST)
+            and seq == rcv.irs
+        ):
+            self.syn_pending = True  # the peer retransmitted its SYN: resend the SYN-ACK
+            return
+
+        # RFC 7323 5.3 PAWS: a timestamp older than ts_recent marks an old duplicate.
+        if (
+            ts is not None
+            and not flags & _RST
+            and seq_lt(ts.tsval, self.ts_recent)
+            and now - self.ts_recent_stamp <= PAWS_IDLE
+        ):
+            self._dup_ack(now, seg)
+            return
+
+        if not self._acceptable(seq, seg_len):
+            if flags & _RST:
+                return
+            if seg.payload and seq < rcv.rcv_nxt:
+                # A retransmission of data we have: report it (RFC 2883 D-SACK).
+                rcv.note_duplicate(seq, min(seq + len(seg.payload), rcv.rcv_nxt))
+            if self.state is TcpState.TIME_WAIT and flags & _FIN:
+                self._arm_time_wait(now)  # RFC 9293 3.10.7.4: restart the 2 MSL timeout
+            self._dup_ack(now, seg)
+            return
+
+        if flags & _RST:
+            # RFC 5961 3.2: only a RST exactly at RCV.NXT resets; others in the window draw a
+            # challenge ACK.
+            if seq == rcv.rcv_nxt or self.opts.insecure_rst:
+                self._on_reset(now)
+            else:
+                self._challenge_ack(now, "rst")
+            return
+
+        if flags & _SYN:
+            self._challenge_ack(now, "syn")  # RFC 5961 4.2
+            return
+
+        if not flags & _ACK:
+            return  # RFC 9293: "if the ACK bit is off, drop the segment"
+
+        # Timestamps: RFC 7323 4.3 ts_recent update, as Linux (seq not after the last ACK sent).
+        if ts is not None and seq <= rcv.rcv_wup and not seq_lt(ts.tsval, self.ts_recent):
+            self.ts_recent = ts.tsval
+            self.ts_recent_stamp = now
+
+        ack = unwrap(seg.ack, self.snd_una)
+        if self.state is TcpState.SYN_RECEIVED:
+            if not self.snd_una < ack <= self.snd_nxt:
+                self._queue_rst(seg.ack, None, now, "bad ack in SYN-RECEIVED")
+                return
+            self.snd_wl1 = seq - 1  # the first ACK always sets the (now scaled) window
+            self._established(now)
+
+        # RFC 5961 5.2 (and RFC 9293): ACKs for data never sent are dropped with an ACK; ACKs
+        # too far in the past draw a challenge ACK.
+        if ack > self.snd_nxt:
+            self._dup_ack(now, seg)
+            return
+        if ack < self.snd_una - max(self.max_window, 1) and not self.opts.insecure_rst:
+            self._challenge_ack(now, "ack")
+            return
+        if ack >= self.snd_una:
+            self._process_ack(seg, seq, ack, now)
+            if self.state is TcpState.CLOSED:
+                return
+            self._after_ack_state(now)
+            if self.state is TcpState.CLOSED:
+                return
+
+        self._process_ecn(seg)
+        if seg.payload or flags & _FIN:
+            self._process_text(seg, seq, now)
+
+    def _after_ack_state(self, now: float) -> None:
+        """Transitions on the acknowledgement of our FIN (RFC 9293 3.10.7.4)."""
+        fin_seq = self.fin_seq
+        if fin_seq is None or self.snd_una <= fin_seq:
+            return
+        st = self.state
+        if st is TcpState.FIN_WAIT_1:
+            self._set_state(TcpState.FIN_WAIT_2, now)
+            if self.app_closed:
+                self._arm_fin_wait_2(now)
+        elif st is TcpState.CLOSING:
+            self._enter_time_wait(now)
+        elif st is TcpState.LAST_ACK:
+            self._close(now)
+
+    def _process_ecn(self, seg: TcpSegment) -> None:
+        if not self.ecn_ok:
+            return
+        ecn = seg.ecn
+        if ecn != ECN_NOT_ECT:
+            self.ecn_seen = True
+        if ecn == ECN_CE:
+            # RFC 3168 6.1.3: echo ECE until the sender says CWR; Linux also ACKs quickly.
+            self.received_ce += 1
+            self.ece_pending = True
+            self.rcv.enter_quickack()
+        elif seg.flags & TcpFlags.CWR:
+            self.ece_pending = False
+
+    def _process_text(self, seg: TcpSegment, seq: int, now: float) -> None:
+        """RFC 9293 3.10.7.4 seventh and eighth steps: segment text and FIN."""
+        st = self.state
+        if st not in (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2):
+            return  # text after the peer's FIN is ignored (RFC 9293)
+        rcv = self.rcv
+        data = seg.payload
+        fin = bool(seg.flags & _FIN)
+        if self.app_closed and data and seq + len(data) > rcv.rcv_nxt:
+            # Nobody will read it: RST (RFC 2525 2.17, Linux tcp_rcv_state_process).
+            self._queue_rst(seg.ack, None, now, "data after close")
+            self._close(now)
+            return
+        nxt = rcv.rcv_nxt
+        if seq < nxt:
+            cut = nxt - seq
+            if data:
+                rcv.note_duplicate(seq, min(seq + len(data), nxt))
+            data = data[cut:]
+            seq = nxt
+        right = nxt + rcv.window
+        if seq + len(data) > right:
+            data = data[: max(right - seq, 0)]
+            fin = False  # the FIN lay beyond the window
+        if not data and not fin:
+            if seg.payload:
+                self.ack_now = True
+            return
+        if data:
+            self.last_data_recv = now
+            ts = seg.options.timestamps if self.ts_ok else None
+            if ts is not None:
+                if ts.tsecr and len(data) >= rcv.rcv_mss:
+                    rcv.rtt_sample_from_ts(self._ts_age(ts.tsecr, now))
+            else:
+                rcv.rtt_measure_window(now)
+        had_fin = rcv.fin_received
+        decision = rcv.on_data(seq, data, fin, now)
+        if decision == ACK_NOW:
+            self.ack_now = True
+        elif decision == ACK_DELAYED and not self.timers.is_set(TimerKind.DELACK):
+            self.timers.set(TimerKind.DELACK, now + max(rcv.ato, 0.001))
+        if rcv.fin_received and not had_fin:
+            self._on_fin(now)
+
+    def _on_fin(self, now: float) -> None:
+        st = self.state
+        if st is TcpState.ESTABLISHED:
+            self._set_state(TcpState.CLOSE_WAIT, now)
+        elif st is TcpState.FIN_WAIT_1:
+            if self.fin_seq is not None and self.snd_una > self.fin_seq:
+                self._enter_time_wait(now)
+            else:
+                self._set_state(TcpState.CLOSING, now)
+        elif st is TcpState.FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    def _enter_time_wait(self, now: float) -> None:
+        self._set_state(TcpState.TIME_WAIT, now)
+        for kind in (TimerKind.RETRANSMIT, TimerKind.PERSIST, TimerKind.KEEPALIVE):
+            self.timers.cancel(kind)
+        self._arm_time_wait(now)
+
+    def _on_reset(self, now: float) -> None:
+        st = self.state
+        if st is TcpState.SYN_RECEIVED:
+            reason: str | None = "connection refused"
+        elif st in (TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT):
+            reason = None  # RFC 9293: just close
+        else:
+            reason = "connection reset by peer"
+        self._event(ResetReceived(now, self.conn_id, reason or "closed"))
+        self._close(now, reason)
+
+    def _dup_ack(self, now: float, seg: TcpSegment) -> None:
+        """An ACK for an unacceptable segment (RFC 9293), rate-limited for segments without
+        data like Linux tcp_oow_rate_limited (RFC 5961 section 7 spirit)."""
+        if not seg.payload:
+            if now - self.invalid_stamp < self.profile.invalid_ack_interval:
+                return
+            self.invalid_stamp = now
+        self.ack_now = True
+
+    def _challenge_ack(self, now: float, reason: str) -> None:
+        """RFC 5961 challenge ACK, limited per second (section 7) and per connection (Linux)."""
+        if now - self.invalid_stamp < self.profile.invalid_ack_interval:
+            return
+        if int(now) != int(self.challenge_stamp):
+            self.challenge_stamp = now
+            self.challenge_count = 0
+        if self.challenge_count >= self.profile.challenge_ack_limit:
+            return
+        self.challenge_count += 1
+        self.invalid_stamp = now
+        self.outq.append(self._emit(self.snd_nxt, _ACK, now))
+        self._event(ChallengeAckSent(now, self.conn_id, reason))
+
+    # -- ICMP ---------------------------------------------------------------------------
+
+    def on_icmp(self, msg: IcmpMessage, now: float) -> None:
+        """An ICMP error quoting this connection (the stack validated it, RFC 5927)."""
+        self._advance(now)
+        self._event(IcmpReceived(now, self.conn_id, msg.type, msg.code, msg.next_hop_mtu))
+        if msg.type == IcmpType.DEST_UNREACHABLE and msg.code == 4 and msg.next_hop_mtu:
+            # RFC 1191 path MTU discovery: shrink the MSS and resend what no longer fits.
+            mtu = max(int(msg.next_hop_mtu), 68)
+            if mtu < self.pmtu:
+                self.pmtu = mtu
+                self._sync_mss()
+        elif msg.type == IcmpType.DEST_UNREACHABLE and self.state is TcpState.SYN_SENT and msg.code in (2, 3):
+            # RFC 1122 4.2.3.9: protocol/port unreachable is a hard error for a connect.
+            self._close(now, "connection refused")
+

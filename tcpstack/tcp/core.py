@@ -1,0 +1,419 @@
+"""The connection's state (every variable in one place) and how a segment is put on the wire.
+
+:class:`ConnectionCore` is the base of :class:`tcpstack.tcp.connection.Connection`; the sender
+(:mod:`tcpstack.tcp.sender`) and loss recovery (:mod:`tcpstack.tcp.recovery`) are mixins over it,
+so the per-segment paths touch plain attributes, no indirection. Sequence numbers are absolute
+(unwrapped) integers everywhere; :meth:`ConnectionCore._emit` wraps them to 32 bits.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from tcpstack.tcp.config import ConnectionOptions, ResolvedOptions
+from tcpstack.tcp.congestion import CongestionControl, create_congestion_control
+from tcpstack.tcp.events import Event, ResetSent, StateChanged
+from tcpstack.tcp.rate import RateSampler
+from tcpstack.tcp.receiver import Receiver, window_scale_for
+from tcpstack.tcp.rtt import RttEstimator
+from tcpstack.tcp.scoreboard import Scoreboard
+from tcpstack.tcp.state import CaState, TcpState
+from tcpstack.tcp.timers import TimerKind, Timers
+from tcpstack.wire.segment import (
+    ECN_ECT0,
+    NO_OPTIONS,
+    SackBlock,
+    TcpFlags,
+    TcpOptions,
+    TcpSegment,
+    Timestamps,
+)
+
+__all__ = ["ConnectionCore", "SendBuffer", "MASK", "MAX_EVENTS"]
+
+MASK = 0xFFFFFFFF
+MAX_EVENTS = 4096  # events kept until drain_events(); older ones are dropped and counted
+TCP_MSS_DEFAULT = 536  # RFC 9293 3.7.1: the send MSS when the peer sends no MSS option
+TS_OPTION_LEN = 12  # nop, nop, kind 8 (10 bytes): what Linux subtracts from mss_cache
+SACK_OPTION_BASE = 4  # nop, nop, kind 5, length (RFC 2018 section 3)
+SACK_BLOCK_LEN = 8
+# Linux derives the window scale from the largest buffer autotuning may reach (tcp_rmem[2] for
+# linux, 6 MiB by default; FreeBSD: kern.ipc.maxsockbuf, 2 MiB), not the initial buffer.
+WSCALE_BUFFER = {"linux": 6 * 1024 * 1024, "freebsd": 2 * 1024 * 1024}
+
+_ACK = TcpFlags.ACK
+_RST = TcpFlags.RST
+_SYN = TcpFlags.SYN
+
+
+class SendBuffer:
+    """Bytes from ``start`` (snd_una's first data byte) to ``end`` (the write sequence).
+
+    Bounded by ``capacity``: :meth:`append` accepts what fits (the application sees
+    backpressure). The bytes stay until cumulatively acknowledged (for retransmission).
+    """
+
+    __slots__ = ("capacity", "_buf", "start")
+
+    def __init__(self, capacity: int, start: int) -> None:
+        self.capacity = capacity
+        self._buf = bytearray()
+        self.start = start
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self._buf)
+
+    @property
+    def space(self) -> int:
+        return max(self.capacity - len(self._buf), 0)
+
+    def append(self, data: bytes | bytearray | memoryview) -> int:
+        n = min(len(data), self.capacity - len(self._buf))
+        if n <= 0:
+            return 0
+        self._buf += data[:n] if n < len(data) else data
+        return n
+
+    def data(self, seq: int, length: int) -> bytes:
+        off = seq - self.start
+        return bytes(self._buf[off : off + length])
+
+    def ack_to(self, seq: int) -> int:
+        """Drop bytes below ``seq``; return how many were dropped."""
+        n = min(seq - self.start, len(self._buf))
+        if n <= 0:
+            return 0
+        del self._buf[:n]  # CPython bytearray deletes from the front in O(1) amortised
+        self.start += n
+        return n
+
+    def rebase(self, start: int) -> None:
+        """Empty buffer only: set where the data sequence starts (after our SYN)."""
+        self.start = start
+
+
+class ConnectionCore:
+    """All per-connection state, event emission and segment construction."""
+
+    def __init__(
+        self,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        *,
+        iss: int,
+        options: ConnectionOptions = ConnectionOptions(),  # noqa: B008 - frozen value
+        conn_id: int = 0,
+        ts_offset: int | None = None,
+    ) -> None:
+        if not 0 <= iss <= MASK:
+            raise ValueError(f"iss must be a 32-bit sequence number, got {iss!r}")
+        opts: ResolvedOptions = options.resolve()
+        self.options = options
+        self.opts = opts
+        profile = opts.profile_obj
+        self.profile = profile
+        self.conn_id = conn_id
+        self.local_addr, self.local_port = local[0], int(local[1])
+        self.remote_addr, self.remote_port = remote[0], int(remote[1])
+        for name, port in (("local", self.local_port), ("remote", self.remote_port)):
+            if not 0 < port <= 0xFFFF:
+                raise ValueError(f"{name} port must be 1..65535, got {port}")
+        self.state = TcpState.CLOSED
+        self.error: str | None = None
+        self.passive = False
+
+        # Send sequence space (RFC 9293 3.3.1), absolute numbers.
+        self.iss = iss
+        self.snd_una = iss
+        self.snd_nxt = iss
+        self.snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = iss
+        self.max_window = 0  # largest window the peer offered (RFC 1122 4.2.3.4 / RFC 5961 5.2)
+        self.snd_wscale = 0
+        self.sndbuf = SendBuffer(opts.send_buffer, iss + 1)
+        self.shut_wr = False  # shutdown_write()/close(): a FIN follows the queued data
+        self.fin_seq: int | None = None  # absolute sequence number of our FIN once sent
+        self.app_closed = False  # close() called: no more reads either (orphaned socket)
+        self.snd_sml = iss  # end of the last small segment sent (Minshall's Nagle, Linux)
+        self.pushed_seq = iss  # end of the last segment that carried PSH
+
+        # MSS (RFC 9293 3.7.1, RFC 879/6691) and path MTU.
+        self.advmss = opts.mss
+        self.pmtu = opts.mtu
+        self.peer_mss = TCP_MSS_DEFAULT
+        self.mss_cache = min(self.advmss, TCP_MSS_DEFAULT)
+
+        # Negotiated options.
+        self.ts_ok = False
+        self.sack_ok = False
+        self.wscale_ok = False
+        self.ecn_ok = False
+        self.ts_recent = 0
+        self.ts_recent_stamp = 0.0
+        self.ts_offset = (
+            (iss * 2654435761 + 0x5BD1E995) & MASK if ts_offset is None else ts_offset & MASK
+        )
+        rbuf_for_scale = opts.receive_buffer
+        if options.receive_buffer is None:
+            rbuf_for_scale = max(rbuf_for_scale, WSCALE_BUFFER.get(profile.name, 0))
+        self.rcv_wscale_offer = window_scale_for(rbuf_for_scale) if opts.window_scaling else 0
+
+        self.rcv = Receiver(
+            capacity=opts.receive_buffer,
+            rcv_wscale=0,
+            advmss=self.advmss,
+            max_ooo_bytes=opts.max_ooo_bytes,
+            max_ooo_ranges=opts.max_ooo_ranges,
+            ato_min=profile.delayed_ack_timeout,
+        )
+        if profile.quickack_segments == 0:
+            self.rcv.quick = 0
+
+        # Loss detection, RTT, congestion control, delivery rate.
+        self.sb = Scoreboard(dupthresh=profile.dup_ack_threshold)
+        self.rate = RateSampler()
+        self.rtt = RttEstimator(
+            profile=profile.name,
+            initial_rto=opts.initial_rto,
+            min_rto=opts.min_rto,
+            max_rto=profile.max_rto,
+        )
+        self.cc: CongestionControl = self._new_cc(self.mss_cache)
+        self.ca_state = CaState.OPEN
+        self.recover = iss  # RFC 6582 "recover" / Linux high_seq
+        self.prr_delivered = 0  # RFC 6937
+        self.prr_out = 0
+        self.recover_fs = 0
+        self.dupacks = 0  # RFC 5681 duplicate ACK counter (non-SACK NewReno)
+        self.prior_cwnd = 0  # for undo after a spurious recovery (D-SACK)
+        self.prior_ssthresh = 0
+        self.undo_retrans = 0  # retransmissions not yet shown spurious by D-SACK (Linux undo_retrans)
+        self.reordering = profile.dup_ack_threshold  # Linux tp->reordering, in segments
+        self.cwnd_limited = False
+        self.max_flight = 0  # largest flight in the current window (Linux max_packets_out)
+        self.cwnd_usage_seq = iss  # end of the window over which cwnd use is tracked
+        self.loss_rto_start = 0.0
+
+        # Timers and retransmission bookkeeping.
+        self.timers = Timers()
+        self.retransmits = 0  # Linux icsk_retransmits: RTO expiries without progress
+        self.retrans_stamp: float | None = None  # first (re)transmission of the oldest unacked
+        self.syn_retries_left = opts.syn_retries
+        self.probes_out = 0  # zero-window / keep-alive probes unanswered (tcpi_probes)
+        self.persist_backoff = 0
+        self.probe_start = 0.0
+        self.sws_override = False  # persist timer expired with a small open window
+        self.last_rx = 0.0  # any segment received (keep-alive idle time)
+        self.last_tx_data = 0.0
+        self.challenge_stamp = -1e18
+        self.challenge_count = 0
+        self.invalid_stamp = -1e18
+        self.peer_zero_window = False
+
+        # Output queued by input processing (challenge ACKs, RSTs, dup ACKs), and ACK state.
+        self.outq: list[TcpSegment] = []
+        self.ack_now = False
+        self.rst_pending: str | None = None  # reason of a RST|ACK to send at the next poll
+        self.syn_pending = False  # our SYN / SYN-ACK must be (re)sent
+        self.ece_pending = False  # ECN: echo ECE until the peer's CWR (RFC 3168 6.1.3)
+        self.cwr_pending = False  # ECN: set CWR on the next new data segment
+
+        # Events.
+        self.events: collections.deque[Event] = collections.deque()
+        self.events_dropped = 0
+
+        # Counters for TCPInfo.
+        self.segs_out = 0
+        self.segs_in = 0
+        self.data_segs_out = 0
+        self.bytes_sent = 0
+        self.bytes_retrans = 0
+        self.bytes_acked = 0
+        self.total_retrans = 0
+        self.total_rto = 0
+        self.total_rto_recoveries = 0
+        self.total_rto_time = 0.0
+        self.dsack_dups = 0
+        self.delivered_segs = 0
+        self.reord_seen = 0
+        self.lost_total = 0
+        self.delivered_ce = 0
+        self.received_ce = 0
+        self.ecn_seen = False
+        self.last_data_sent: float | None = None
+        self.last_data_recv: float | None = None
+        self.last_ack_recv: float | None = None
+        self.last_ack_sent: float | None = None
+        self.busy_time = 0.0
+        self.busy_start: float | None = None
+        self.rwnd_limited_time = 0.0
+        self.rwnd_limited_start: float | None = None
+        self.sndbuf_limited_time = 0.0
+        self.sndbuf_limited_start: float | None = None
+        self.last_now = 0.0
+        self.created = 0.0
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Queued bytes not yet sent (tcpi_notsent_bytes)."""
+        return max(self.sndbuf.end - self.snd_nxt, 0)
+
+    # -- construction helpers ----------------------------------------------------------
+
+    def _new_cc(self, mss: int) -> CongestionControl:
+        opts = self.opts
+        iw = self.profile.initial_window_segments * mss
+        if opts.congestion == "cubic":
+            return create_congestion_control("cubic", mss, iw, hystart=opts.hystart)
+        return create_congestion_control(opts.congestion, mss, iw)
+
+    # -- events and state --------------------------------------------------------------
+
+    def _event(self, event: Event) -> None:
+        events = self.events
+        if len(events) >= MAX_EVENTS:
+            events.popleft()
+            self.events_dropped += 1
+        events.append(event)
+
+    def _set_state(self, new: TcpState, now: float) -> None:
+        old = self.state
+        if old is new:
+            return
+        self.state = new
+        self._event(StateChanged(now, self.conn_id, old, new))
+
+    def _on_state_closed(self, now: float) -> None:
+        """Hook for the connection: stop everything once CLOSED."""
+        self.timers.cancel_all()
+
+    def _abort_timeout(self, now: float, reason: str) -> None:
+        """Give up on an unresponsive peer: no RST (Linux tcp_write_err), just CLOSED."""
+        self._close(now, reason)
+
+    def _close(self, now: float, error: str | None = None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self._set_state(TcpState.CLOSED, now)
+        self._on_state_closed(now)
+
+    # -- timestamps --------------------------------------------------------------------
+
+    def _tsval(self, now: float) -> int:
+        # RFC 7323 5.4: a 1 ms clock, as Linux since 4.13 (tcp_time_stamp_ts).
+        return (int(now * 1000.0) + self.ts_offset) & MASK
+
+    def _ts_age(self, tsecr: int, now: float) -> float:
+        """Seconds since we sent the TSval that ``tsecr`` echoes (RFC 7323 4.1 RTTM)."""
+        return ((self._tsval(now) - tsecr) & MASK) / 1000.0
+
+    # -- segment construction ------------------------------------------------------------
+
+    def _current_mss(self) -> int:
+        """Payload bytes the next segment may carry (Linux tcp_current_mss): ``mss_cache`` less
+        the SACK blocks it will carry, so that a segment never outgrows the path MTU."""
+        mss = self.mss_cache
+        if self.sack_ok:
+            blocks = self.rcv.sack_block_count(self.profile.max_sack_blocks(ts=self.ts_ok))
+            if blocks:
+                mss -= SACK_OPTION_BASE + SACK_BLOCK_LEN * blocks
+        return mss
+
+    def _options(self, now: float, *, sack: bool) -> TcpOptions:
+        ts = Timestamps(self._tsval(now), self.ts_recent) if self.ts_ok else None
+        blocks: list[tuple[int, int]] = []
+        if sack and self.sack_ok:
+            blocks = self.rcv.sack_blocks(self.profile.max_sack_blocks(ts=self.ts_ok))
+        if ts is None and not blocks:
+            return NO_OPTIONS
+        sack_blocks = tuple(SackBlock(s & MASK, e & MASK) for s, e in blocks)
+        layout = self.profile.data_layout(ts=ts is not None, sack=bool(sack_blocks))
+        return TcpOptions(timestamps=ts, sack_blocks=sack_blocks, layout=layout)
+
+    def _emit(
+        self,
+        seq: int,
+        flags: TcpFlags,
+        now: float,
+        payload: bytes = b"",
+        *,
+        options: TcpOptions | None = None,
+        tos: int = 0,
+    ) -> TcpSegment:
+        """Build one segment from the current state; account for it (counters, ACK state)."""
+        rcv = self.rcv
+        has_ack = bool(flags & _ACK)
+        if flags & _SYN:
+            window = rcv.select_window(syn=True)
+        elif flags & _RST:
+            window = 0
+        else:
+            window = rcv.select_window()
+        if options is None:
+            options = self._options(now, sack=has_ack) if not flags & _RST else (
+                TcpOptions(timestamps=Timestamps(self._tsval(now), self.ts_recent),
+                           layout=self.profile.data_layout(ts=True, sack=False))
+                if self.ts_ok else NO_OPTIONS
+            )
+        if self.ece_pending and has_ack and not flags & _SYN:
+            flags |= TcpFlags.ECE
+        seg = TcpSegment(
+            self.local_addr, self.remote_addr, self.local_port, self.remote_port,
+            seq & MASK, rcv.rcv_nxt & MASK if has_ack else 0, flags, window, 0, options,
+            payload, 64, tos, 0, True,
+        )
+        self.segs_out += 1
+        if has_ack:
+            rcv.on_ack_sent()
+            self.ack_now = False
+            self.last_ack_sent = now
+            if self.timers.is_set(TimerKind.DELACK):
+                self.timers.cancel(TimerKind.DELACK)
+        return seg
+
+    def _data_tos(self) -> int:
+        # RFC 3168 6.1.2: ECT(0) on data segments once ECN is negotiated (never on pure ACKs,
+        # retransmissions are allowed it by RFC 3168 6.1.5 in Linux only when not ECE... we keep
+        # it on new data only).
+        return ECN_ECT0 if self.ecn_ok else 0
+
+    def _queue_rst(self, seq: int, ack: int | None, now: float, reason: str) -> None:
+        """Queue a RST (RFC 9293 3.10.7: <SEQ=seq><CTL=RST> or with <ACK=ack><CTL=RST,ACK>)."""
+        flags = _RST | _ACK if ack is not None else _RST
+        seg = TcpSegment(
+            self.local_addr, self.remote_addr, self.local_port, self.remote_port,
+            seq & MASK, (ack & MASK) if ack is not None else 0, flags, 0, 0, NO_OPTIONS,
+            b"", 64, 0, 0, True,
+        )
+        self.segs_out += 1
+        self.outq.append(seg)
+        self._event(ResetSent(now, self.conn_id, reason))
+
+    # -- chronographs (Linux tcp_chrono_*) -----------------------------------------------
+
+    def _chrono(self, now: float, *, busy: bool, rwnd: bool, sndbuf: bool) -> None:
+        """Track time spent busy (data in flight), limited by the peer's window, and limited by
+        the send buffer, in the spirit of Linux's tcp_chrono_start/stop."""
+        if busy:
+            if self.busy_start is None:
+                self.busy_start = now
+        elif self.busy_start is not None:
+            self.busy_time += now - self.busy_start
+            self.busy_start = None
+        if rwnd:
+            if self.rwnd_limited_start is None:
+                self.rwnd_limited_start = now
+        elif self.rwnd_limited_start is not None:
+            self.rwnd_limited_time += now - self.rwnd_limited_start
+            self.rwnd_limited_start = None
+        if sndbuf:
+            if self.sndbuf_limited_start is None:
+                self.sndbuf_limited_start = now
+        elif self.sndbuf_limited_start is not None:
+            self.sndbuf_limited_time += now - self.sndbuf_limited_start
+            self.sndbuf_limited_start = None

@@ -1,0 +1,319 @@
+"""ACK processing on the sender: RTT, window, congestion control and loss recovery.
+
+The recovery state machine follows Linux's tcp_fastretrans_alert in spirit with the RFCs' rules:
+
+* SACK (RFC 6675): the scoreboard marks segments lost with IsLost; the first loss puts the
+  connection in RECOVERY (``recover`` = snd_nxt, RFC 6582's recovery point).
+* No SACK (RFC 5681 3.2 / RFC 6582 NewReno): DupThresh duplicate ACKs start recovery; each
+  partial ACK retransmits the new head; duplicate ACKs stand in for SACKed segments in the
+  flight count, which is also what lets the first two duplicate ACKs release new data (the
+  effect of RFC 3042 limited transmit, as in Linux).
+* RFC 6937 PRR sets cwnd on every ACK during RECOVERY and CWR (ECN), with Linux's
+  slow-start reduction bound (PRR-SSRB) and its "force the first retransmission" rule.
+* RTO (RFC 6298 5.4-5.7, RFC 5681 eq. 4): LOSS state, everything unSACKed is lost, slow start
+  from one segment, retransmission in order.
+"""
+
+from __future__ import annotations
+
+from tcpstack.tcp.events import (
+    LossDetected,
+    RecoveryEntered,
+    RecoveryExited,
+    RtoFired,
+    UserTimeout,
+    ZeroWindowCleared,
+    ZeroWindowSeen,
+)
+from tcpstack.tcp.sender import SenderMixin
+from tcpstack.tcp.seq import unwrap
+from tcpstack.tcp.state import CaState
+from tcpstack.tcp.timers import TimerKind
+from tcpstack.wire.segment import TcpFlags, TcpSegment
+
+__all__ = ["RecoveryMixin"]
+
+MASK = 0xFFFFFFFF
+MAX_REORDERING = 300  # Linux net.ipv4.tcp_max_reordering
+
+
+class RecoveryMixin(SenderMixin):
+    """Sender-side ACK processing of :class:`tcpstack.tcp.connection.Connection`."""
+
+    def _sack_blocks_of(self, seg: TcpSegment, ack: int) -> list[tuple[int, int]]:
+        blocks = []
+        for left, right in seg.options.sack_blocks:
+            lo = unwrap(left, ack)
+            blocks.append((lo, lo + ((right - left) & MASK)))
+        return blocks
+
+    def _process_ack(self, seg: TcpSegment, seq: int, ack: int, now: float) -> None:
+        """An acceptable ACK (snd_una <= ack <= snd_nxt) arrived in a synchronized state."""
+        sb = self.sb
+        mss = self.mss_cache
+        prior_una = self.snd_una
+        prior_in_flight = self._in_flight()
+        blocks = self._sack_blocks_of(seg, ack) if self.sack_ok and seg.options.sack_blocks else []
+        self.last_ack_recv = now
+        res = sb.on_ack(ack, blocks, now, mss, rate=self.rate)
+        self.probes_out = 0  # the peer answers: RFC 1122 4.2.2.17, Linux tcp_ack
+        delivered_segs = len(res.newly_sacked)
+        for r in res.newly_acked:
+            if not r.sacked:
+                delivered_segs += 1
+        self.delivered_segs += delivered_segs
+        if seg.flags & TcpFlags.ECE and self.ecn_ok:
+            self.delivered_ce += delivered_segs
+        acked = ack - prior_una
+        if acked > 0:
+            self.snd_una = ack
+            self.bytes_acked += self.sndbuf.ack_to(ack)
+            self.retransmits = 0
+            first = sb.first()
+            self.retrans_stamp = first.first_sent if first is not None else None
+
+        # RTT: the scoreboard's Karn-safe sample, else RFC 7323 RTTM from the echoed timestamp.
+        rtt_sample = res.rtt_sample
+        ts = seg.options.timestamps
+        if rtt_sample is None and acked > 0 and self.ts_ok and ts is not None and ts.tsecr:
+            rtt_sample = self._ts_age(ts.tsecr, now)
+        if rtt_sample is not None and (acked > 0 or res.sacked_bytes):
+            self.rtt.on_rtt_sample(max(rtt_sample, 1e-6), now)
+
+        if res.dsack:
+            self.dsack_dups += 1
+            if self.undo_retrans > 0:
+                self.undo_retrans -= 1
+        if res.reordering > 0:
+            self.reord_seen += 1
+            degree = min(-(-res.reordering // mss), MAX_REORDERING)
+            if degree > self.reordering:
+                self.reordering = degree
+
+        # Window (RFC 9293 3.10.7.4 SND.WL1/SND.WL2 rule).
+        window_changed = self._update_window(seg, seq, ack, now, prior_una)
+
+        is_dupack = (
+            acked == 0
+            and not seg.payload
+            and not window_changed
+            and not seg.flags & (TcpFlags.SYN | TcpFlags.FIN)
+            and bool(sb)
+        )
+        newly_lost = 0
+        if self.sack_ok and (res.sacked_bytes or acked) and self.ca_state != CaState.LOSS:
+            newly_lost = sb.update_lost(mss)
+        self._ca_on_ack(
+            seg, acked, res.delivered_bytes, is_dupack, newly_lost, prior_in_flight, rtt_sample,
+            now,
+        )
+        self.rate.sample(now, losses=newly_lost, rtt=rtt_sample, min_rtt=self.rtt.min_rtt)
+
+        if acked > 0:
+            if sb:
+                self._arm_rto(now)
+            else:
+                self.timers.cancel(TimerKind.RETRANSMIT)
+                self.retrans_stamp = None
+
+    def _update_window(
+        self, seg: TcpSegment, seq: int, ack: int, now: float, prior_una: int
+    ) -> bool:
+        # The window is relative to the ACK that carries it, so any ACK that advances snd_una
+        # must update it, even from a segment with an old sequence number (else the right edge
+        # would slide past what the peer offered). Otherwise RFC 9293's SND.WL1/WL2 rule, as
+        # Linux tcp_may_update_window.
+        wnd = seg.window << self.snd_wscale
+        if not (
+            ack > prior_una
+            or self.snd_wl1 < seq
+            or (self.snd_wl1 == seq and (wnd > self.snd_wnd or wnd == 0))
+        ):
+            return False
+        changed = wnd != self.snd_wnd
+        self.snd_wnd = wnd
+        self.snd_wl1 = seq
+        self.snd_wl2 = ack
+        if wnd > self.max_window:
+            self.max_window = wnd
+        if wnd == 0:
+            if not self.peer_zero_window:
+                self.peer_zero_window = True
+                self._event(ZeroWindowSeen(now, self.conn_id))
+        elif self.peer_zero_window:
+            self.peer_zero_window = False
+            self._event(ZeroWindowCleared(now, self.conn_id))
+        if wnd > 0 and self.timers.is_set(TimerKind.PERSIST):
+            self.timers.cancel(TimerKind.PERSIST)
+            self.persist_backoff = 0
+            self.probes_out = 0
+        return changed
+
+    # -- congestion state machine -------------------------------------------------------
+
+    def _ca_on_ack(
+        self, seg: TcpSegment, acked: int, delivered: int, is_dupack: bool, newly_lost: int,
+        prior_in_flight: int, rtt: float | None, now: float,
+    ) -> None:
+        sb = self.sb
+        mss = self.mss_cache
+        state = self.ca_state
+        ack = self.snd_una
+
+        if state == CaState.LOSS:
+            if ack >= self.recover and acked > 0:
+                self.total_rto_time += now - self.loss_rto_start
+                self.ca_state = CaState.OPEN
+                state = CaState.OPEN
+            elif acked > 0:
+                self.cc.on_ack(delivered, self._in_flight(), now, rtt=rtt, cwnd_limited=True)
+                return
+            else:
+                return
+
+        if self.ecn_ok and seg.flags & TcpFlags.ECE and state in (CaState.OPEN, CaState.DISORDER):
+            # RFC 3168 6.1.2: react to an ECN echo once per window, like a loss but without
+            # retransmitting (Linux tcp_enter_cwr: PRR reduction in the CWR state).
+            self._start_reduction(prior_in_flight, now, CaState.CWR, "ecn")
+            self.cwr_pending = True
+            state = CaState.CWR
+
+        if state in (CaState.RECOVERY, CaState.CWR):
+            if ack >= self.recover and acked > 0 and (
+                state == CaState.CWR or ack > self.recover or self.sack_ok or not sb
+            ):
+                self._end_reduction(now)
+                state = self.ca_state
+            else:
+                if state == CaState.RECOVERY and not self.sack_ok:
+                    if acked > 0:
+                        # RFC 6582 partial ACK: the next hole is lost; dupacks consumed.
+                        self.dupacks = max(self.dupacks - (acked + mss - 1) // mss, 0)
+                    elif is_dupack:
+                        self.dupacks += 1
+                if state == CaState.RECOVERY and newly_lost:
+                    self._event(LossDetected(now, self.conn_id, newly_lost, newly_lost > 1))
+                    self.lost_total += newly_lost
+                self._prr(delivered, acked > 0, newly_lost)
+                return
+
+        # OPEN or DISORDER.
+        if self.sack_ok:
+            if is_dupack:
+                self.dupacks += 1
+            elif acked > 0:
+                self.dupacks = 0
+            if sb.lost_segments > 0:
+                self.lost_total += newly_lost
+                self._start_reduction(prior_in_flight, now, CaState.RECOVERY, "sack")
+                self._event(LossDetected(now, self.conn_id, max(newly_lost, 1), newly_lost > 1))
+                self._prr(delivered, acked > 0, newly_lost)
+                return
+        else:
+            if is_dupack:
+                self.dupacks += 1
+                if self.dupacks >= self.profile.dup_ack_threshold:
+                    self.lost_total += 1
+                    self._start_reduction(prior_in_flight, now, CaState.RECOVERY, "dupacks")
+                    self._event(LossDetected(now, self.conn_id, 1, False))
+                    self._prr(max(delivered, mss), False, 1)
+                    return
+            elif acked > 0:
+                self.dupacks = 0
+        if acked > 0 and delivered > 0:
+            self.cc.on_ack(
+                delivered, self._in_flight(), now, rtt=rtt, cwnd_limited=self._is_cwnd_limited()
+            )
+        disorder = self.dupacks > 0 or (self.sack_ok and sb.sacked_segments > 0)
+        self.ca_state = CaState.DISORDER if disorder else CaState.OPEN
+
+    def _is_cwnd_limited(self) -> bool:
+        """Linux tcp_is_cwnd_limited: in slow start, cwnd below twice the largest flight of the
+        window; otherwise whether sending was blocked by cwnd in this window (RFC 7661)."""
+        cc = self.cc
+        if cc.in_slow_start:
+            return cc.cwnd < 2 * self.max_flight
+        return self.cwnd_limited
+
+    def _start_reduction(
+        self, prior_in_flight: int, now: float, state: CaState, reason: str
+    ) -> None:
+        cc = self.cc
+        self.prior_cwnd = cc.cwnd
+        self.prior_ssthresh = cc.ssthresh
+        self.undo_retrans = 0
+        self.recover = self.snd_nxt
+        cc.on_congestion_event(prior_in_flight, now)
+        self.prr_delivered = 0
+        self.prr_out = 0
+        self.recover_fs = max(self.prior_cwnd, 1)
+        self.ca_state = state
+        self._event(RecoveryEntered(now, self.conn_id, cc.cwnd, cc.ssthresh, reason))
+
+    def _end_reduction(self, now: float) -> None:
+        cc = self.cc
+        cc.on_recovery_exit(now)
+        self.ca_state = CaState.OPEN
+        self.dupacks = 0
+        self._event(RecoveryExited(now, self.conn_id, cc.cwnd, cc.ssthresh))
+
+    def _prr(self, delivered: int, una_advanced: bool, newly_lost: int) -> None:
+        """RFC 6937 proportional rate reduction, as Linux tcp_cwnd_reduction (bytes)."""
+        if delivered <= 0:
+            return
+        cc = self.cc
+        mss = self.mss_cache
+        self.prr_delivered += delivered
+        pipe = self._in_flight()
+        ssthresh = cc.ssthresh
+        delta = ssthresh - pipe
+        if delta < 0:
+            # Proportional part: CEIL(prr_delivered * ssthresh / RecoverFS) - prr_out.
+            sndcnt = -(-(self.prr_delivered * ssthresh) // self.recover_fs) - self.prr_out
+        else:
+            # PRR-SSRB: catch up to ssthresh, at most one extra MSS per ACK that advances
+            # snd_una without new loss.
+            sndcnt = max(self.prr_delivered - self.prr_out, delivered)
+            if una_advanced and not newly_lost:
+                sndcnt += mss
+            sndcnt = min(delta, sndcnt)
+        # Linux: force the fast retransmission when entering recovery.
+        sndcnt = max(sndcnt, 0 if self.prr_out else mss)
+        cc.cwnd = max(pipe + sndcnt, mss)
+
+    # -- retransmission timeout ---------------------------------------------------------
+
+    def _on_rto(self, now: float) -> None:
+        """RFC 6298 5.4-5.6 and RFC 5681 eq. 4 (the data-phase RTO; SYN timers are separate)."""
+        sb = self.sb
+        if not sb:
+            return
+        ut = self.opts.user_timeout
+        if ut is not None and self.retrans_stamp is not None and now - self.retrans_stamp >= ut:
+            self._event(UserTimeout(now, self.conn_id, ut))
+            self._abort_timeout(now, "user timeout")
+            return
+        if self.retransmits >= self.profile.data_retries:
+            self._abort_timeout(now, "connection timed out")
+            return
+        self.total_rto += 1
+        self.retransmits += 1
+        cc = self.cc
+        if self.ca_state != CaState.LOSS:
+            self.total_rto_recoveries += 1
+            self.loss_rto_start = now
+            self.prior_cwnd = cc.cwnd
+            self.prior_ssthresh = cc.ssthresh
+        before = sb.lost_segments
+        cc.on_retransmission_timeout(self._in_flight(), now)
+        sb.mark_all_lost()
+        newly = sb.lost_segments - before
+        if newly > 0:
+            self.lost_total += newly
+            self._event(LossDetected(now, self.conn_id, newly, newly > 1))
+        self.ca_state = CaState.LOSS
+        self.recover = self.snd_nxt
+        self.dupacks = 0
+        self.rtt.on_timeout()
+        self._event(RtoFired(now, self.conn_id, self.rtt.backoff, self.rtt.rto))
+        self._arm_rto(now)

@@ -1,0 +1,286 @@
+"""The send half: retransmissions, new data under cwnd and the peer's window, Nagle, SWS, FIN,
+zero-window probes and keep-alive probes.
+
+Everything that leaves the connection in synchronized states goes through :meth:`_transmit`,
+called from ``poll_transmit``. Order per call, as Linux's tcp_write_xmit and
+tcp_xmit_retransmit_queue: lost segments first (RFC 6675 NextSeg rule 1), then new data (rule 2),
+then, in SACK recovery with nothing new to send, rule 3 holes; finally a pure ACK if one is owed
+and nothing carried it.
+"""
+
+from __future__ import annotations
+
+from tcpstack.tcp.core import ConnectionCore
+from tcpstack.tcp.events import RetransmitKind, SegmentRetransmitted
+from tcpstack.tcp.state import CaState, TcpState
+from tcpstack.tcp.timers import TimerKind
+from tcpstack.wire.segment import TcpFlags, TcpSegment
+
+__all__ = ["SenderMixin"]
+
+_ACK = TcpFlags.ACK
+_PSH = TcpFlags.PSH
+_FIN = TcpFlags.FIN
+_CWR = TcpFlags.CWR
+MASK = 0xFFFFFFFF
+
+# States in which our side may still send data or retransmit (RFC 9293 3.10.4 / 3.10.7).
+SENDING_STATES = frozenset({
+    TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1, TcpState.CLOSING,
+    TcpState.LAST_ACK,
+})
+
+
+class SenderMixin(ConnectionCore):
+    """Output path of :class:`tcpstack.tcp.connection.Connection`."""
+
+    # -- flight accounting ------------------------------------------------------------
+
+    def _in_flight(self) -> int:
+        """Bytes believed in the network (Linux tcp_packets_in_flight, RFC 6675 pipe).
+
+        Without SACK, duplicate ACKs stand in for SACKed segments and the head is counted lost
+        during recovery (Linux tcp_add_reno_sack / tcp_mark_head_lost).
+        """
+        sb = self.sb
+        if self.sack_ok:
+            return sb.bytes_in_flight
+        flight = sb.bytes_in_flight
+        if self.dupacks and flight:
+            segs = len(sb)
+            flight -= min(self.dupacks, max(segs - 1, 0)) * self.mss_cache
+        if self.ca_state == CaState.RECOVERY:
+            head = sb.first()
+            if head is not None and not head.lost:
+                flight -= head.end - head.start
+        return max(flight, 0)
+
+    # -- the transmit loop ------------------------------------------------------------
+
+    def _transmit(self, now: float, out: list[TcpSegment]) -> None:
+        if self.state not in SENDING_STATES:
+            return
+        sb = self.sb
+        cc = self.cc
+        mss = self._current_mss()
+        if (
+            self.profile.cwnd_validation
+            and not sb
+            and self.last_data_sent is not None
+            and self.sndbuf.end > self.snd_nxt
+            and now - self.last_data_sent > self.rtt.rto
+        ):
+            # RFC 5681 4.1 / RFC 7661: restart from the initial window after an idle period.
+            cc.on_idle_restart(now - self.last_data_sent, self.rtt.rto, now)
+        in_flight = self._in_flight()
+
+        # 1. Retransmissions: lost segments (SACK recovery, RTO recovery) or the NewReno head.
+        if self.ca_state in (CaState.RECOVERY, CaState.LOSS):
+            in_flight = self._retransmit_lost(now, out, in_flight)
+
+        # 2. New data and FIN.
+        sndbuf = self.sndbuf
+        wnd_end = self.snd_una + self.snd_wnd
+        rwnd_blocked = False
+        cwnd_blocked = False
+        while True:
+            data_end = sndbuf.end
+            snd_nxt = self.snd_nxt
+            avail = data_end - snd_nxt
+            fin_ready = self.shut_wr and self.fin_seq is None
+            if avail <= 0 and not fin_ready:
+                break
+            # Linux tcp_cwnd_test: "don't be strict about the congestion window for the final
+            # FIN": a last single segment carrying the FIN goes out even with cwnd full.
+            if in_flight >= cc.cwnd and not (fin_ready and avail <= mss):
+                cwnd_blocked = True
+                break
+            room = wnd_end - snd_nxt
+            n = min(mss, avail, room) if avail > 0 else 0
+            if avail > 0:
+                if n <= 0:
+                    rwnd_blocked = True
+                    break
+                if (
+                    n < mss and n < avail and n < (self.max_window >> 1)
+                    and not self.sws_override
+                ):
+                    # RFC 1122 4.2.3.4 sender SWS avoidance: a window-limited fragment is sent
+                    # only if it is at least half the largest window the peer ever offered.
+                    rwnd_blocked = True
+                    break
+                if (
+                    n < mss
+                    and n == avail
+                    and not fin_ready
+                    and not self.opts.nodelay
+                    and self.snd_sml > self.snd_una
+                    and self.snd_sml <= snd_nxt
+                ):
+                    # Nagle (RFC 896) in Minshall's form, as Linux tcp_nagle_check: hold a small
+                    # segment while an earlier small segment is unacknowledged.
+                    break
+            elif room < 1 and snd_nxt > self.snd_una:
+                rwnd_blocked = True
+                break
+            fin = fin_ready and snd_nxt + n == data_end
+            flags = _ACK
+            end = snd_nxt + n
+            if n and (end == data_end or end - self.pushed_seq > (self.max_window >> 1)):
+                flags |= _PSH
+                self.pushed_seq = end
+            if fin:
+                flags |= _FIN
+            if self.cwr_pending and n:
+                flags |= _CWR
+                self.cwr_pending = False
+            self.sws_override = False
+            payload = sndbuf.data(snd_nxt, n) if n else b""
+            seg_end = end + (1 if fin else 0)
+            seg = self._emit(snd_nxt, flags, now, payload, tos=self._data_tos() if n else 0)
+            out.append(seg)
+            sb.on_sent(snd_nxt, seg_end, now, retransmit=False, rate=self.rate, fin=fin)
+            self.snd_nxt = seg_end
+            if fin:
+                self.fin_seq = end
+            if n:
+                self.data_segs_out += 1
+                self.bytes_sent += n
+                self.last_data_sent = now
+                if n < mss:
+                    self.snd_sml = seg_end
+            if self.retrans_stamp is None:
+                self.retrans_stamp = now
+            if self.ca_state == CaState.RECOVERY:
+                self.prr_out += seg_end - snd_nxt
+            in_flight += seg_end - snd_nxt
+            cc.on_packet_sent(seg_end - snd_nxt, in_flight, now)
+            if not self.timers.is_set(TimerKind.RETRANSMIT):
+                self._arm_rto(now)
+            if fin:
+                break
+
+        # 3. RFC 6675 rule 3: with nothing new to send, retransmit holes below the highest SACK.
+        if self.ca_state == CaState.RECOVERY and self.sack_ok and not cwnd_blocked:
+            in_flight = self._retransmit_lost(now, out, in_flight, rule3=True)
+
+        # Linux tcp_cwnd_validate: per window of data, remember the largest flight and whether
+        # cwnd limited sending (RFC 7661); cwnd may only grow when it did.
+        if self.snd_una >= self.cwnd_usage_seq or cwnd_blocked or in_flight > self.max_flight:
+            self.max_flight = in_flight
+            self.cwnd_usage_seq = self.snd_nxt
+            self.cwnd_limited = cwnd_blocked
+        self._update_app_limited(in_flight)
+        self._chrono(
+            now,
+            busy=bool(sb),
+            rwnd=rwnd_blocked,
+            sndbuf=self.sndbuf.space == 0 and not rwnd_blocked and not cwnd_blocked,
+        )
+        # RFC 9293 3.8.6.1: data waiting on a closed window with nothing in flight to draw an
+        # ACK: the persist timer will probe.
+        if (
+            rwnd_blocked
+            and not sb
+            and not self.timers.is_set(TimerKind.PERSIST)
+            and not self.timers.is_set(TimerKind.RETRANSMIT)
+        ):
+            self._arm_persist(now)
+
+    def _retransmit_lost(
+        self, now: float, out: list[TcpSegment], in_flight: int, *, rule3: bool = False
+    ) -> int:
+        sb = self.sb
+        cwnd = self.cc.cwnd
+        mss = self._current_mss()
+        kind = (
+            RetransmitKind.RTO if self.ca_state == CaState.LOSS
+            else RetransmitKind.SACK_RECOVERY if self.sack_ok else RetransmitKind.FAST
+        )
+        if not self.sack_ok and self.ca_state == CaState.RECOVERY:
+            # NewReno (RFC 6582): retransmit the first unacknowledged segment once per
+            # (partial) ACK that asks for it.
+            head = sb.first()
+            if head is not None and not head.retrans_in_flight and not head.sacked and (
+                in_flight < cwnd or self.prr_out == 0
+            ):
+                end = min(head.end, head.start + mss)
+                in_flight += self._retransmit_range(head.start, end, now, out, kind)
+            return in_flight
+        while in_flight < cwnd:
+            allow_new = not rule3 and self._can_send_new()
+            nxt = sb.next_seg(self.snd_nxt, mss, allow_new)
+            if nxt is None or nxt[0] >= self.snd_nxt:
+                break
+            start, end = nxt
+            in_flight += self._retransmit_range(start, end, now, out, kind)
+        return in_flight
+
+    def _can_send_new(self) -> bool:
+        avail = self.sndbuf.end - self.snd_nxt
+        if avail <= 0:
+            return self.shut_wr and self.fin_seq is None
+        return self.snd_una + self.snd_wnd > self.snd_nxt
+
+    def _retransmit_range(
+        self, start: int, end: int, now: float, out: list[TcpSegment], kind: RetransmitKind
+    ) -> int:
+        """Send ``[start, end)`` again (data, and our FIN if it lies inside); return its length."""
+        fin_seq = self.fin_seq
+        fin = fin_seq is not None and start <= fin_seq < end
+        data_end = fin_seq if fin and fin_seq is not None else end
+        n = max(data_end - start, 0)
+        payload = self.sndbuf.data(start, n) if n else b""
+        flags = _ACK | (_FIN if fin else TcpFlags(0))
+        if n and start + n >= self.sndbuf.end:
+            flags |= _PSH
+        out.append(self._emit(start, flags, now, payload))
+        self.sb.on_sent(start, end, now, retransmit=True, rate=self.rate)
+        length = end - start
+        self.total_retrans += 1
+        self.bytes_retrans += n
+        self.undo_retrans += 1
+        if self.ca_state == CaState.RECOVERY:
+            self.prr_out += length
+        if self.retrans_stamp is None:
+            self.retrans_stamp = now
+        if not self.timers.is_set(TimerKind.RETRANSMIT):
+            self._arm_rto(now)
+        self._event(SegmentRetransmitted(now, self.conn_id, kind, start & MASK, end & MASK))
+        self.cc.on_packet_sent(length, self._in_flight(), now)
+        return length
+
+    def _update_app_limited(self, in_flight: int) -> None:
+        self.rate.on_app_limited(
+            in_flight,
+            unsent_bytes=self.sndbuf.end - self.snd_nxt,
+            mss=self.mss_cache,
+            cwnd=self.cc.cwnd,
+            lost_segments=self.sb.lost_segments,
+            retrans_segments=self.sb.retrans_out,
+        )
+
+    # -- timers owned by the sender ---------------------------------------------------
+
+    def _arm_rto(self, now: float) -> None:
+        """RFC 6298 5.1/5.3: (re)start the retransmission timer, RTO from now.
+
+        With a user timeout (RFC 5482) the timer never runs past the moment it expires, so the
+        abort happens on time (Linux tcp_clamp_rto_to_user_timeout).
+        """
+        when = now + self.rtt.rto
+        ut = self.opts.user_timeout
+        if ut is not None and self.retrans_stamp is not None:
+            when = min(when, max(self.retrans_stamp + ut, now))
+        self.timers.set(TimerKind.RETRANSMIT, when)
+
+    def _arm_persist(self, now: float) -> None:
+        # RFC 9293 3.8.6.1 / Linux tcp_probe0_when: RTO with exponential backoff, capped.
+        interval = min(self.rtt.base_rto * (1 << min(self.persist_backoff, 24)),
+                       self.profile.max_rto)
+        self.timers.set(TimerKind.PERSIST, now + interval)
+
+    def _send_probe(self, now: float) -> None:
+        """Zero-window / keep-alive probe: an ACK with an old sequence number, which forces the
+        peer to answer with its current window (Linux tcp_xmit_probe_skb, RFC 1122 4.2.3.6)."""
+        self.outq.append(self._emit(self.snd_una - 1, _ACK, now, options=self._options(now, sack=False)))

@@ -1,0 +1,81 @@
+"""The connection's timers as named deadlines.
+
+A sans-IO connection has no timer objects: each timer is an absolute deadline (seconds, the same
+clock as the ``now`` the stack passes in) or ``None``. The stack asks for the earliest one and
+calls ``Connection.on_timer(now)`` when it is reached; calling early is harmless because only due
+deadlines fire.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["TimerKind", "Timers"]
+
+
+class TimerKind(enum.IntEnum):
+    """The timers of one connection (Linux names in brackets)."""
+
+    RETRANSMIT = 0  # RFC 6298 RTO, also the SYN / SYN-ACK retransmission timer (ICSK_TIME_RETRANS)
+    DELACK = 1  # delayed ACK (ICSK_TIME_DACK), RFC 1122 4.2.3.2 / RFC 9293 3.8.6.3
+    PERSIST = 2  # zero-window probe (ICSK_TIME_PROBE0), RFC 9293 3.8.6.1
+    KEEPALIVE = 3  # RFC 1122 4.2.3.6 (also Linux's FIN_WAIT_2 timeout for orphaned sockets)
+    TIME_WAIT = 4  # 2*MSL, RFC 9293 3.6
+
+
+_KINDS = tuple(TimerKind)
+
+
+class Timers:
+    """A fixed set of optional deadlines; the earliest is cached so ``earliest()`` is O(1)."""
+
+    __slots__ = ("_deadlines", "_earliest")
+
+    def __init__(self) -> None:
+        self._deadlines: list[float | None] = [None] * len(_KINDS)
+        self._earliest: float | None = None
+
+    def set(self, kind: TimerKind, when: float) -> None:
+        self._deadlines[kind] = when
+        if self._earliest is None or when < self._earliest:
+            self._earliest = when
+        else:
+            self._recompute()
+
+    def cancel(self, kind: TimerKind) -> None:
+        if self._deadlines[kind] is not None:
+            self._deadlines[kind] = None
+            self._recompute()
+
+    def cancel_all(self) -> None:
+        self._deadlines = [None] * len(_KINDS)
+        self._earliest = None
+
+    def get(self, kind: TimerKind) -> float | None:
+        return self._deadlines[kind]
+
+    def is_set(self, kind: TimerKind) -> bool:
+        return self._deadlines[kind] is not None
+
+    def earliest(self) -> float | None:
+        return self._earliest
+
+    def pop_due(self, now: float) -> list[TimerKind]:
+        """Clear and return the timers whose deadline is ``<= now``, in kind order."""
+        if self._earliest is None or self._earliest > now:
+            return []
+        due = [k for k in _KINDS if (d := self._deadlines[k]) is not None and d <= now]
+        for k in due:
+            self._deadlines[k] = None
+        self._recompute()
+        return due
+
+    def _recompute(self) -> None:
+        live = [d for d in self._deadlines if d is not None]
+        self._earliest = min(live) if live else None
+
+    def __repr__(self) -> str:
+        items = ", ".join(
+            f"{k.name}={d:.6f}" for k in _KINDS if (d := self._deadlines[k]) is not None
+        )
+        return f"Timers({items})"
