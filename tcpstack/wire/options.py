@@ -205,7 +205,9 @@ def _encode_layout(options: TcpOptions, layout: tuple[int, ...]) -> bytes:
     unknown_left = list(options.unknown)
     after_eol = False
     for kind in layout:
-        if after_eol:
+        if after_eol and kind != EOL:
+            # More EOLs are padding (FreeBSD pads its SYN options with them); anything else
+            # after the end of the option list would be ignored by every receiver.
             raise ValueError(f"TCP option layout {layout} continues after EOL")
         if kind == EOL:
             parts.append(b"\x00")

@@ -18,6 +18,7 @@ from tcpstack.wire import (
     TcpSegment,
     Timestamps,
     build_packet,
+    codec,
     internet_checksum,
     parse_packet,
     pseudo_header_sum,
@@ -223,7 +224,8 @@ def test_total_length_below_header_length() -> None:
 
 @pytest.mark.parametrize(("field", "described"), [(0x2000, "MF=1, offset=0"),
                                                   (0x0001, "MF=0, offset=8"),
-                                                  (0x6010, "MF=1, offset=128")])
+                                                  (0x6010, "MF=1, offset=128"),
+                                                  (0x4100, "MF=0, offset=2048")])
 def test_fragments_are_rejected(field: int, described: str) -> None:
     packet = bytearray(build_packet(SEG))
     packet[6:8] = struct.pack("!H", field)
@@ -259,6 +261,62 @@ def test_malformed_option_inside_a_packet() -> None:
     packet = bytearray(build_packet(attrs.evolve(SEG, options=TcpOptions(mss=1460))))
     packet[41] = 0  # MSS option length 0
     expect_malformed(with_tcp_checksum(packet), "option length 0 is below 2")
+
+
+def test_malformed_option_with_a_bad_checksum_is_a_checksum_error() -> None:
+    # Options are decoded after the checksum is verified, so corruption is named as such.
+    packet = bytearray(build_packet(attrs.evolve(SEG, options=TcpOptions(mss=1460))))
+    packet[41] = 0
+    with pytest.raises(ChecksumError, match="TCP checksum"):
+        parse_packet(bytes(packet))
+
+
+def test_lengths_are_checked_against_total_length_not_the_padded_buffer() -> None:
+    # Ethernet pads short frames: a buffer long enough for the straight path whose datagram is
+    # not must still be rejected for what the datagram holds.
+    short = bytearray(build_packet(attrs.evolve(SEG, payload=b""))[:39])
+    short[2:4] = struct.pack("!H", 39)
+    expect_malformed(with_ip_checksum(short) + bytes(21), "TCP header truncated: 19 octets")
+    offset_8 = bytearray(build_packet(attrs.evolve(SEG, payload=b"")))
+    offset_8[32] = 8 << 4  # claims 32 octets of header in a 20-octet segment
+    padding = bytes((1, 1, 8, 10)) + bytes(8)  # as if the missing options were in the padding
+    expect_malformed(offset_8 + padding, "TCP data offset 8 .32 octets. is beyond the 20-octet")
+
+
+@pytest.mark.parametrize("options", [
+    TcpOptions(timestamps=(7, 8)),  # NOP, NOP, TS: the straight path's layout
+    TcpOptions(timestamps=(7, 8), layout=(8, 1, 1)),  # same length, decoded in general
+    TcpOptions(mss=1460, wscale=7, sack_permitted=True, layout=(2, 1, 3, 4, 1, 1)),
+])
+def test_data_offset_8_layouts(options: TcpOptions) -> None:
+    segment = attrs.evolve(SEG, options=options)
+    packet = build_packet(segment)
+    assert packet[32] == 8 << 4
+    parsed = parse_packet(packet)
+    assert parsed == segment and isinstance(parsed, TcpSegment)
+    assert parsed.options.layout == (options.layout or (1, 1, 8))
+    assert build_packet(parsed) == packet
+
+
+@pytest.mark.parametrize("options", [NO_OPTIONS, TcpOptions(timestamps=(7, 8))])
+@pytest.mark.parametrize("reserved", [0x01, 0x0E, 0x0F])
+def test_reserved_bits_of_the_data_offset_octet_are_ignored(options: TcpOptions, reserved: int) -> None:
+    segment = attrs.evolve(SEG, options=options)
+    packet = bytearray(build_packet(segment, checksum=False))
+    packet[32] |= reserved
+    assert parse_packet(packet, verify_checksum=False) == segment
+
+
+def test_flow_cache_is_bounded_and_keyed_on_addresses_and_ports() -> None:
+    codec._flow_of.clear()
+    limit = codec._FLOW_CACHE_LIMIT
+    for sport in range(1, limit + 2):
+        segment = attrs.evolve(SEG, sport=sport, dst=f"10.{sport >> 8}.{sport & 0xFF}.1")
+        parsed = parse_packet(build_packet(segment))
+        assert parsed == segment  # a key mix-up would give another flow's ports or addresses
+    assert 0 < len(codec._flow_of) <= limit
+    assert parse_packet(build_packet(SEG)) == SEG
+    assert parse_packet(build_packet(attrs.evolve(SEG, src=SEG.dst, dst=SEG.src))).src == SEG.dst
 
 
 # -- build errors -----------------------------------------------------------------------------

@@ -213,3 +213,15 @@ def test_sack_length_not_two_plus_eight_n(length: int) -> None:
     raw += bytes(-len(raw) % 4)
     with pytest.raises(MalformedPacket, match=f"SACK option length {length} is not 2 \\+ 8n"):
         decode_options(raw)
+
+
+def test_layout_may_pad_with_eol_after_eol() -> None:
+    # FreeBSD ends its SYN options with EOL padding: <mss 1460,sackOK,eol,eol>.
+    opts = TcpOptions(mss=1460, sack_permitted=True, layout=(2, 4, 0, 0))
+    assert encode_options(opts) == bytes([2, 4, 0x05, 0xB4, 4, 2, 0, 0])
+
+
+def test_layout_rejects_an_option_after_eol() -> None:
+    opts = TcpOptions(mss=1460, sack_permitted=True, layout=(2, 0, 4))
+    with pytest.raises(ValueError, match="continues after EOL"):
+        encode_options(opts)
