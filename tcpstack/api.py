@@ -3,28 +3,38 @@
 ``TCPStream`` is a :class:`trio.abc.HalfCloseableStream` and ``TCPListener`` a
 :class:`trio.abc.Listener`, so code written for trio's own TCP (``trio.serve_listeners``, stream
 helpers) runs on this stack unchanged. ``stream.info()`` returns the connection's
-:class:`~tcpstack.tcp.info.TCPInfo` as of the call, synchronously.
+:class:`~tcpstack.tcp.info.TCPInfo` as of the call, synchronously; ``stream.options`` reads and
+changes the socket options of a live connection; ``stream.events()`` iterates over the engine's
+events.
+
+Errors follow trio's conventions: a connection the network or the peer ended raises
+:class:`trio.BrokenResourceError` whose message is the reason ("connection reset by peer",
+"connection timed out", "user timeout") and whose ``__cause__`` is the matching ``OSError``
+(with its errno); using a stream after ``aclose`` raises :class:`trio.ClosedResourceError`.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import trio
 
+from tcpstack.activity import Activity
 from tcpstack.links.base import Link
-from tcpstack.stack import DEFAULT_EPHEMERAL_PORTS, StackCore, _Listen, running
+from tcpstack.stack import DEFAULT_BATCH, DEFAULT_EPHEMERAL_PORTS, StackCore, _Listen, running
 from tcpstack.tcp import Connection
-from tcpstack.tcp.config import ConnectionOptions
+from tcpstack.tcp.config import ConnectionOptions, KeepaliveOptions
 from tcpstack.tcp.events import Event
 from tcpstack.tcp.info import TCPInfo
 from tcpstack.tcp.state import TcpState
 
-__all__ = ["Stack", "TCPStream", "TCPListener", "open_stack"]
+__all__ = ["Stack", "TCPStream", "TCPListener", "StreamOptions", "open_stack"]
 
 DEFAULT_RECEIVE_SIZE = 65536
 EVENT_BUFFER = 1024
@@ -42,18 +52,114 @@ _SYNCHRONIZED_OR_LATER = frozenset(
 )
 
 
+class StreamOptions:
+    """The socket options of one live connection, read and set as attributes.
+
+    Setting one applies it at once, as ``setsockopt`` does on Linux (see
+    :mod:`tcpstack.tcp.sockopts` for when each takes effect); a bad value raises ``ValueError``
+    and changes nothing. ``keepalive`` accepts ``True``/``False`` (keeping the idle, interval
+    and count) or a :class:`~tcpstack.tcp.config.KeepaliveOptions`.
+    """
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: TCPStream) -> None:
+        self._stream = stream
+
+    def _get(self) -> ConnectionOptions:
+        return self._stream.conn.options
+
+    def update(self, **changes: Any) -> None:
+        """Set several options at once (validated together: all or nothing)."""
+        stream = self._stream
+        if stream._closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        if "keepalive" in changes and isinstance(changes["keepalive"], bool):
+            changes["keepalive"] = attrs.evolve(self.keepalive, enabled=changes["keepalive"])
+        stream.conn.set_options(**changes)
+        stream.stack.touch(stream.conn)  # nodelay may release held data; timers may move
+
+    @property
+    def nodelay(self) -> bool:
+        """TCP_NODELAY: send small segments at once instead of waiting (RFC 896 Nagle off)."""
+        return self._get().nodelay
+
+    @nodelay.setter
+    def nodelay(self, value: bool) -> None:
+        self.update(nodelay=value)
+
+    @property
+    def congestion(self) -> str:
+        """TCP_CONGESTION: the congestion control algorithm ("cubic", "reno", ...)."""
+        return self._get().congestion
+
+    @congestion.setter
+    def congestion(self, value: str) -> None:
+        self.update(congestion=value)
+
+    @property
+    def keepalive(self) -> KeepaliveOptions:
+        """SO_KEEPALIVE with TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT."""
+        return self._get().keepalive
+
+    @keepalive.setter
+    def keepalive(self, value: bool | KeepaliveOptions) -> None:
+        self.update(keepalive=value)
+
+    @property
+    def send_buffer(self) -> int:
+        """SO_SNDBUF, bytes."""
+        return self._stream.conn.opts.send_buffer
+
+    @send_buffer.setter
+    def send_buffer(self, value: int) -> None:
+        self.update(send_buffer=value)
+
+    @property
+    def receive_buffer(self) -> int:
+        """SO_RCVBUF, bytes."""
+        return self._stream.conn.opts.receive_buffer
+
+    @receive_buffer.setter
+    def receive_buffer(self, value: int) -> None:
+        self.update(receive_buffer=value)
+
+    @property
+    def user_timeout(self) -> float | None:
+        """TCP_USER_TIMEOUT (RFC 5482), seconds; None (or setting 0) for the default."""
+        return self._get().user_timeout
+
+    @user_timeout.setter
+    def user_timeout(self, value: float | None) -> None:
+        self.update(user_timeout=value)
+
+    @property
+    def mss(self) -> int:
+        """The MSS segments are sent with now (TCP_MAXSEG as read on a connected socket)."""
+        return int(self._stream.conn.mss_cache)
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamOptions(nodelay={self.nodelay}, congestion={self.congestion!r}, "
+            f"keepalive={self.keepalive}, send_buffer={self.send_buffer}, "
+            f"receive_buffer={self.receive_buffer}, user_timeout={self.user_timeout})"
+        )
+
+
 class TCPStream(trio.abc.HalfCloseableStream):
-    """One TCP connection of a :class:`~tcpstack.stack.Stack`, as a trio stream."""
+    """One TCP connection of a :class:`Stack`, as a trio stream."""
 
     def __init__(self, stack: StackCore, conn: Connection) -> None:
         self.stack = stack
         self.conn = conn
-        self._send_guard = trio.lowlevel.ParkingLot()  # not a lock: detects concurrent senders
+        self.options = StreamOptions(self)
         self._sending = False
         self._receiving = False
+        self._eof_sent = False
         self._closed = False
-        self._events: collections.deque[Event] = collections.deque(maxlen=EVENT_BUFFER)
-        self.events_dropped = 0
+        self._events: collections.deque[Event] = collections.deque()
+        self._event_limit = EVENT_BUFFER
+        self._events_dropped = 0
 
     # -------------------------------------------------------------- introspection
     @property
@@ -68,9 +174,15 @@ class TCPStream(trio.abc.HalfCloseableStream):
         """The connection's TCP state, current to this instant."""
         return self.conn.info(trio.current_time())
 
+    @property
+    def events_dropped(self) -> int:
+        """Events lost because nobody read them in time (here, and in the engine's own buffer)."""
+        return self._events_dropped + self.conn.events_dropped
+
     async def events(self) -> AsyncIterator[Event]:
-        """The engine's events as they happen; at most ``EVENT_BUFFER`` are held between reads
-        (older ones are dropped and counted in ``events_dropped``)."""
+        """The engine's events as they happen, ending when the connection is CLOSED. At most
+        ``EVENT_BUFFER`` are held between reads; older ones are dropped and counted in
+        :attr:`events_dropped`."""
         while True:
             self._collect_events()
             while self._events:
@@ -80,15 +192,22 @@ class TCPStream(trio.abc.HalfCloseableStream):
             await self.stack.wait_changed(self.conn)
 
     def _collect_events(self) -> None:
-        for ev in self.conn.drain_events():
-            if len(self._events) == self._events.maxlen:
-                self.events_dropped += 1
-            self._events.append(ev)
+        new = self.conn.drain_events()
+        if not new:
+            return
+        events = self._events
+        events.extend(new)
+        excess = len(events) - self._event_limit
+        if excess > 0:
+            self._events_dropped += excess
+            for _ in range(excess):
+                events.popleft()
 
-    def _check_error(self) -> None:
-        error = self.conn.error
-        if error:
-            raise trio.BrokenResourceError(str(error))
+    def _raise_broken(self) -> NoReturn:
+        exc = self.stack.connection_error(self.conn)
+        if exc is None:
+            exc = OSError(errno.ENOTCONN, f"connection closed (state {self.conn.state.name})")
+        raise trio.BrokenResourceError(exc.strerror or str(exc)) from exc
 
     async def _wait(self) -> None:
         self._collect_events()
@@ -100,18 +219,28 @@ class TCPStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("the stream is closed")
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
+        if self._eof_sent:
+            raise trio.ClosedResourceError("the send side was closed by send_eof()")
         self._sending = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             view = memoryview(data).cast("B")
+            conn = self.conn
+            meter = self.stack.meter
             while view:
-                self._check_error()
                 if self._closed:
                     raise trio.ClosedResourceError("the stream was closed while sending")
-                accepted = self.conn.send(view)
+                if conn.error is not None or conn.state is TcpState.CLOSED:
+                    self._raise_broken()
+                if meter.enabled:
+                    started = time.perf_counter_ns()
+                    accepted = conn.send(view)
+                    meter.add(Activity.COPY_FROM_APP, time.perf_counter_ns() - started, accepted)
+                else:
+                    accepted = conn.send(view)
                 if accepted:
                     view = view[accepted:]
-                    self.stack.touch(self.conn)
+                    self.stack.touch(conn)
                 if view:
                     await self._wait()
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -119,8 +248,15 @@ class TCPStream(trio.abc.HalfCloseableStream):
             self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        while self.conn.send_space == 0 and not self.conn.error:
+        if self._closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        conn = self.conn
+        while (
+            conn.send_space == 0 and conn.error is None and conn.state is not TcpState.CLOSED
+            and not self._closed
+        ):
             await self._wait()
+        await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:
@@ -134,18 +270,26 @@ class TCPStream(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            conn = self.conn
+            meter = self.stack.meter
             while True:
-                data = self.conn.receive(max_bytes)
+                if meter.enabled:
+                    started = time.perf_counter_ns()
+                    data = conn.receive(max_bytes)
+                    meter.add(Activity.COPY_TO_APP, time.perf_counter_ns() - started, len(data))
+                else:
+                    data = conn.receive(max_bytes)
                 if data:
-                    self.stack.touch(self.conn)  # the window may open: let a window update out
+                    self.stack.touch(conn)  # the window may open: let a window update out
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
-                if self.conn.at_eof:
+                if conn.at_eof:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
-                self._check_error()
                 if self._closed:
                     raise trio.ClosedResourceError("the stream was closed while receiving")
+                if conn.error is not None or conn.state is TcpState.CLOSED:
+                    self._raise_broken()
                 await self._wait()
         finally:
             self._receiving = False
@@ -153,11 +297,20 @@ class TCPStream(trio.abc.HalfCloseableStream):
     async def send_eof(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
         await trio.lowlevel.checkpoint()
+        if self._eof_sent:
+            return
+        if self.conn.error is not None:
+            self._raise_broken()
+        self._eof_sent = True
         self.conn.shutdown_write()
         self.stack.touch(self.conn)
 
     async def aclose(self) -> None:
+        """Close both directions: a FIN after the queued data (a RST if received data was left
+        unread, as Linux does, RFC 2525 2.17). Does not wait for the peer."""
         if not self._closed:
             self._closed = True
             self.conn.close()
@@ -166,7 +319,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
 
 
 class TCPListener(trio.abc.Listener[TCPStream]):
-    """A listening port of a :class:`~tcpstack.stack.Stack`."""
+    """A listening port of a :class:`Stack`."""
 
     def __init__(self, stack: StackCore, listen: _Listen) -> None:
         self.stack = stack
@@ -176,13 +329,20 @@ class TCPListener(trio.abc.Listener[TCPStream]):
     def port(self) -> int:
         return self._listen.port
 
+    @property
+    def backlog(self) -> int:
+        return self._listen.backlog
+
     async def accept(self) -> TCPStream:
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             if self._listen.closed:
                 raise trio.ClosedResourceError("the listener is closed")
-            if self._listen.accept_queue:
-                conn = self._listen.accept_queue.popleft()
+            queue = self._listen.accept_queue
+            while queue:
+                conn = queue.popleft()
+                if conn.state is TcpState.CLOSED:
+                    continue  # reset while it waited in the queue (Linux returns it; we skip)
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return TCPStream(self.stack, conn)
             await self.stack.wait_accept(self._listen)
@@ -197,15 +357,20 @@ class Stack(StackCore):
     """A user-level TCP/IP stack: open streams and listeners, inspect every connection."""
 
     async def open_tcp_stream(self, host: str, port: int, **options: Any) -> TCPStream:
-        """Connect to ``host:port``; return once ESTABLISHED, or raise ``OSError`` with the reason.
+        """Connect to ``host:port``; return once ESTABLISHED, or raise ``OSError`` with the reason
+        (``ConnectionRefusedError``, ``TimeoutError``, or an ``OSError`` with errno
+        EHOSTUNREACH/ENETUNREACH when ICMP said so and the SYN retries ran out).
 
         ``options`` override the stack's :class:`~tcpstack.tcp.config.ConnectionOptions`.
         """
         conn = self.connect(host, port, self._merge(options))
         try:
             while conn.state not in _SYNCHRONIZED_OR_LATER:
-                if conn.error or conn.state is TcpState.CLOSED:
-                    raise OSError(f"connect to {host}:{port} failed: {conn.error or 'closed'}")
+                if conn.error is not None or conn.state is TcpState.CLOSED:
+                    exc = self.connection_error(conn) or OSError(errno.ECONNABORTED, "closed")
+                    raise OSError(
+                        exc.errno, f"connect to {host}:{port} failed: {exc.strerror}"
+                    ) from exc
                 await self.wait_changed(conn)
         except BaseException:
             if conn.state is not TcpState.CLOSED:
@@ -215,7 +380,7 @@ class Stack(StackCore):
         return TCPStream(self, conn)
 
     async def open_tcp_listener(self, port: int, *, backlog: int = 128, **options: Any) -> TCPListener:
-        """Listen on ``port``; ``backlog`` bounds the accept queue (and twice it the SYN queue)."""
+        """Listen on ``port``; ``backlog`` bounds both the SYN queue and the accept queue."""
         await trio.lowlevel.checkpoint()
         return TCPListener(self, self.listen(port, backlog, self._merge(options)))
 
@@ -237,19 +402,25 @@ async def open_stack(
     ephemeral_ports: range = DEFAULT_EPHEMERAL_PORTS,
     isn_secret: bytes | None = None,
     seed: int | None = None,
+    syncookies: int = 1,
+    accounting: bool = False,
+    batch: int = DEFAULT_BATCH,
     **options: Any,
 ) -> AsyncIterator[Stack]:
     """Run a stack on ``link`` for the duration of the ``async with`` block.
 
-    ``address`` defaults to the link's. Remaining keyword arguments are
-    :class:`~tcpstack.tcp.config.ConnectionOptions` for every connection. Leaving the block
-    closes connections gracefully, waits up to ``close_timeout`` seconds, then aborts the rest.
+    ``address`` defaults to the link's. ``syncookies`` is ``net.ipv4.tcp_syncookies`` (0, 1, 2);
+    ``accounting`` turns on :meth:`Stack.activity`; ``batch`` bounds the packets read per
+    wake-up. Remaining keyword arguments are :class:`~tcpstack.tcp.config.ConnectionOptions` for
+    every connection. Leaving the block closes connections gracefully, waits up to
+    ``close_timeout`` seconds, then aborts the rest.
     """
     conn_options = ConnectionOptions(profile=profile, **options)
     conn_options.resolve()  # fail here, naming the option, rather than at the first connect
     stack = Stack(
         link, address or link.address, conn_options,
         ephemeral_ports=ephemeral_ports, isn_secret=isn_secret, seed=seed,
+        syncookies=syncookies, accounting=accounting, batch=batch,
     )
     async with running(stack, close_timeout=close_timeout):
         yield stack

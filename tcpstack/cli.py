@@ -15,7 +15,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="A user-level TCP/IP stack for Linux that runs under trio.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    conformance = commands.add_parser("conformance", help="run packetdrill-dialect scripts")
+    conformance_commands = conformance.add_subparsers(dest="conformance_command", required=True)
+    from tcpstack.conformance.command import add_arguments as add_conformance_arguments
+
+    add_conformance_arguments(conformance_commands.add_parser("run", help="run scripts"))
+    from tcpstack.demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(commands.add_parser(
+        "demo", help="two stacks, an impaired network, one bulk transfer watched live",
+        description="Two stacks on an impaired in-memory network; one bulk transfer with a live "
+        "line of the sender's cwnd/srtt/retransmits, then TCPInfo, activity accounting and a PNG.",
+    ))
     return parser
 
 
@@ -25,6 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "conformance":
+        from tcpstack.conformance.command import run_from_args
+
+        return run_from_args(args)
+    if args.command == "demo":
+        from tcpstack.demo import main_from_args
+
+        return main_from_args(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -1,20 +1,30 @@
 """The stack runtime: one link, many connections, two tasks, one nursery.
 
-:func:`open_stack` starts the bottom half (drain the link in batches, parse, demultiplex, feed the
+:func:`running` starts the bottom half (drain the link in batches, parse, demultiplex, feed the
 engines) and the timer task (one deadline over all connections) in a nursery the stack owns.
 Everything that makes a connection emit segments (arrivals, timers, application calls) ends in
 :meth:`StackCore.flush`, which polls the engines, builds the packets and hands them to the link as one
 batch. The engines themselves (:mod:`tcpstack.tcp`) never see trio.
+
+Listeners keep a bounded SYN queue and accept queue; when the SYN queue is full the stack answers
+with SYN cookies (:mod:`tcpstack.isn`) as Linux does with ``net.ipv4.tcp_syncookies = 1``. ICMP
+errors are checked against the quoted connection (RFC 5927) and handed to its engine; for a
+connect in progress, "port/protocol unreachable" is a hard error and "net/host unreachable" a
+soft one (RFC 1122 4.2.3.9) that names the failure if the SYN retries run out.
 
 This is the only module that owns tasks; :mod:`tcpstack.api` wraps connections as trio streams.
 """
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import logging
+import os
 import random
+import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,16 +32,23 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from tcpstack.isn import IsnGenerator
+from tcpstack.activity import Activity, ActivityMeter, ActivityReport
+from tcpstack.isn import IsnGenerator, SynCookies
 from tcpstack.links.base import Link
 from tcpstack.tcp import Connection
 from tcpstack.tcp.config import ConnectionOptions
 from tcpstack.tcp.info import TCPInfo
+from tcpstack.tcp.seq import unwrap
 from tcpstack.tcp.state import TcpState
 from tcpstack.wire import ChecksumError, MalformedPacket, build_packet, parse_packet
-from tcpstack.wire.segment import IcmpMessage, TcpFlags, TcpSegment
+from tcpstack.wire.segment import (
+    IcmpMessage,
+    IcmpType,
+    TcpFlags,
+    TcpSegment,
+)
 
-__all__ = ["StackCore", "StackStats", "ConnectionEntry", "running"]
+__all__ = ["StackCore", "StackStats", "ConnectionEntry", "running", "ICMP_UNREACH_ERRNO"]
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +56,33 @@ log = logging.getLogger(__name__)
 # The local address is the stack's own.
 ConnKey = tuple[int, str, int]
 
+MASK = 0xFFFFFFFF
 DEFAULT_EPHEMERAL_PORTS = range(49152, 65536)  # RFC 6335 section 6 dynamic ports
 DEFAULT_BATCH = 64
+COOKIE_WINDOW = 120.0  # s after a SYN queue overflow during which cookie ACKs are checked (Linux)
+_SYN, _ACK, _RST, _FIN = TcpFlags.SYN, TcpFlags.ACK, TcpFlags.RST, TcpFlags.FIN
+PROTO_TCP = 6
+
+# Linux icmp_err_convert for destination unreachable: code -> errno. RFC 1122 4.2.3.9 makes
+# codes 2 (protocol) and 3 (port) hard errors for a connect; the others are soft here.
+ICMP_UNREACH_ERRNO = {
+    0: errno.ENETUNREACH, 1: errno.EHOSTUNREACH, 2: errno.ENOPROTOOPT, 3: errno.ECONNREFUSED,
+    4: errno.EMSGSIZE, 5: errno.EOPNOTSUPP, 6: errno.ENETUNREACH, 7: errno.EHOSTDOWN,
+    8: errno.ENONET, 9: errno.ENETUNREACH, 10: errno.EHOSTUNREACH, 11: errno.ENETUNREACH,
+    12: errno.EHOSTUNREACH, 13: errno.EHOSTUNREACH, 14: errno.EHOSTUNREACH, 15: errno.EHOSTUNREACH,
+}
+_ENGINE_ERRNO = {
+    "connection reset by peer": errno.ECONNRESET,
+    "connection refused": errno.ECONNREFUSED,
+    "connection timed out": errno.ETIMEDOUT,
+    "user timeout": errno.ETIMEDOUT,
+    "connection aborted": errno.ECONNABORTED,
+}
 
 
 @attrs.define(slots=True)
 class StackStats:
-    """What the bottom half saw: counted, never raised."""
+    """What the bottom half saw: counted, never raised (names after Linux's netstat MIBs)."""
 
     packets_in: int = 0
     packets_out: int = 0
@@ -55,8 +92,16 @@ class StackStats:
     no_connection: int = 0  # segments to closed ports (answered with RST unless they were RSTs)
     resets_sent: int = 0
     icmp_in: int = 0
-    syn_queue_overflows: int = 0
-    accept_queue_overflows: int = 0
+    icmp_ignored: int = 0  # not an error about one of our connections
+    icmp_out_of_window: int = 0  # quoted sequence number outside snd_una..snd_nxt (RFC 5927)
+    syn_queue_overflows: int = 0  # SYNs that met a full SYN queue (answered by cookie if on)
+    accept_queue_overflows: int = 0  # ListenOverflows: SYNs and handshake ACKs dropped
+    syncookies_sent: int = 0
+    syncookies_recv: int = 0
+    syncookies_failed: int = 0
+    # A packet whose processing raised: a bug in the stack, never a reason to stop serving the
+    # other connections. Counted and logged (at most once a second), the packet dropped.
+    internal_errors: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -67,15 +112,6 @@ class ConnectionEntry:
     remote: tuple[str, int]
     state: TcpState
     info: TCPInfo
-
-
-class _Waiters:
-    """Tasks parked on one connection, woken whenever the engine may have changed."""
-
-    __slots__ = ("lot",)
-
-    def __init__(self) -> None:
-        self.lot = trio.lowlevel.ParkingLot()
 
 
 class _Listen:
@@ -89,6 +125,7 @@ class _Listen:
         self.accept_queue: deque[Connection] = deque()
         self.lot = trio.lowlevel.ParkingLot()
         self.closed = False
+        self.last_overflow = -float("inf")
 
 
 class StackCore:
@@ -96,6 +133,8 @@ class StackCore:
 
     :class:`tcpstack.api.Stack` adds the application-facing calls; create one with
     :func:`tcpstack.open_stack`. Attributes are read-only from the application's side.
+    ``syncookies`` follows ``net.ipv4.tcp_syncookies``: 0 off, 1 when a SYN queue overflows,
+    2 always.
     """
 
     def __init__(
@@ -107,18 +146,32 @@ class StackCore:
         ephemeral_ports: range = DEFAULT_EPHEMERAL_PORTS,
         isn_secret: bytes | None = None,
         seed: int | None = None,
+        syncookies: int = 1,
+        accounting: bool = False,
+        batch: int = DEFAULT_BATCH,
     ) -> None:
+        if syncookies not in (0, 1, 2):
+            raise ValueError(f"syncookies must be 0, 1 or 2, got {syncookies!r}")
+        if len(ephemeral_ports) == 0 or ephemeral_ports[0] < 1 or ephemeral_ports[-1] > 65535:
+            raise ValueError(f"ephemeral_ports must be a non-empty range within 1..65535, got {ephemeral_ports}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         self.link = link
         self.address = address
         self.options = options
         self.stats = StackStats()
+        self.syncookies = syncookies
+        self.meter = ActivityMeter(accounting)
+        self._batch = batch
         self._ephemeral = ephemeral_ports
         self._isn = IsnGenerator(isn_secret)
+        self._cookies = SynCookies(address, None if isn_secret is None else isn_secret[::-1])
         self._random = random.Random(seed)
         self._conns: dict[ConnKey, Connection] = {}
-        self._waiters: dict[int, _Waiters] = {}
+        self._waiters: dict[int, trio.lowlevel.ParkingLot] = {}
         self._owner: dict[int, _Listen] = {}  # half-open passive connections -> their listener
         self._listeners: dict[int, _Listen] = {}
+        self._soft_errors: weakref.WeakKeyDictionary[Connection, OSError] = weakref.WeakKeyDictionary()
         self._ids = itertools.count(1)
         # One heap entry per connection at most: the earliest deadline it has asked for. A
         # deadline that moves later (an RTO restarted by an ACK, say) keeps its entry; when that
@@ -129,6 +182,7 @@ class StackCore:
         self._dirty: dict[int, Connection] = {}
         self._checksum = not link.checksum_offload
         self._closing = False
+        self._last_error_log = float("-inf")
 
     # ------------------------------------------------------------------ public API
 
@@ -145,10 +199,42 @@ class StackCore:
             for key, conn in self._conns.items()
         ]
 
+    @property
+    def activity_enabled(self) -> bool:
+        """Whether activity accounting runs (see :mod:`tcpstack.activity`)."""
+        return self.meter.enabled
+
+    @activity_enabled.setter
+    def activity_enabled(self, on: bool) -> None:
+        if on and not self.meter.enabled:
+            self.meter.reset()
+        self.meter.enabled = bool(on)
+
+    def activity(self) -> ActivityReport:
+        """Seconds and counts per activity since accounting was enabled."""
+        return self.meter.report()
+
+    def connection_error(self, conn: Connection) -> OSError | None:
+        """The error ``conn`` failed with, as an ``OSError`` with its errno (``SO_ERROR``).
+
+        A timeout after an ICMP soft error reports that error, as Linux's tcp_write_err reports
+        ``sk_err_soft``: a connect to an unreachable host ends in EHOSTUNREACH, not ETIMEDOUT.
+        """
+        error = conn.error
+        if error is None:
+            return None
+        soft = self._soft_errors.get(conn)
+        code = _ENGINE_ERRNO.get(error, errno.EIO)
+        if soft is not None and code == errno.ETIMEDOUT:
+            return soft
+        return OSError(code, error)
+
     def connect(self, host: str, port: int, options: ConnectionOptions | None = None) -> Connection:
         """Start an active open and return the engine; :mod:`tcpstack.api` awaits establishment."""
         if self._closing:
             raise trio.ClosedResourceError("the stack is closing")
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {port}")
         opts = options or self.options
         local_port = self._allocate_port(host, port)
         now = trio.current_time()
@@ -165,61 +251,89 @@ class StackCore:
         return conn
 
     def listen(self, port: int, backlog: int, options: ConnectionOptions | None = None) -> _Listen:
+        if self._closing:
+            raise trio.ClosedResourceError("the stack is closing")
         if not 0 < port < 65536:
             raise ValueError(f"port must be in 1..65535, got {port}")
         if backlog < 1:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
         if port in self._listeners:
-            raise OSError(98, f"port {port} is already listening (EADDRINUSE)")
+            raise OSError(errno.EADDRINUSE, f"port {port} is already listening")
         listener = _Listen(port, backlog, options or self.options)
         self._listeners[port] = listener
         return listener
 
     def unlisten(self, listener: _Listen) -> None:
         listener.closed = True
-        self._listeners.pop(listener.port, None)
+        if self._listeners.get(listener.port) is listener:
+            del self._listeners[listener.port]
         for conn in listener.accept_queue:
             conn.abort()
             self._mark(conn)
         listener.accept_queue.clear()
+        # Half-open connections die with their listener (Linux inet_csk_listen_stop).
+        for key in list(listener.half_open):
+            half_open = self._conns.get(key)
+            if half_open is not None:
+                half_open.abort()
+                self._mark(half_open)
         listener.lot.unpark_all()
         self.flush()
 
     async def wait_changed(self, conn: Connection) -> None:
-        """Park until the engine of ``conn`` has processed something (segment, timer, close)."""
-        await self._waiters[conn.conn_id].lot.park()
+        """Park until the engine of ``conn`` has processed something (segment, timer, close).
+        Returns at once (after a checkpoint) if the stack no longer holds the connection."""
+        lot = self._waiters.get(conn.conn_id)
+        if lot is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await lot.park()
 
     async def wait_accept(self, listener: _Listen) -> None:
         await listener.lot.park()
 
     def flush(self) -> None:
         """Transmit what any touched engine wants to send; re-arm timers; wake waiters."""
-        if self._dirty:
+        while self._dirty:
             now = trio.current_time()
-            dirty = list(self._dirty.values())
-            self._dirty.clear()
+            dirty = self._dirty
+            self._dirty = {}
+            if self.meter.enabled:
+                self._flush_accounted(dirty, now)
+                continue
+            checksum = self._checksum
             packets: list[bytes] = []
-            for conn in dirty:
-                self._poll(conn, now, packets)
+            for conn in dirty.values():
+                for seg in conn.poll_transmit(now):
+                    packets.append(build_packet(seg, checksum=checksum))
+                self._schedule(conn)
+                self._after_change(conn)
             self._send(packets)
 
     def touch(self, conn: Connection) -> None:
         """Mark ``conn`` as changed by an application call and flush at once."""
-        self._mark(conn)
+        self._dirty[conn.conn_id] = conn
         self.flush()
 
     # ------------------------------------------------------------------ tasks
 
     async def _receive_loop(self) -> None:
         link = self.link
+        meter = self.meter
+        batch_size = self._batch
         while True:
             try:
-                batch = await link.receive_batch(DEFAULT_BATCH)
+                batch = await link.receive_batch(batch_size)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
             now = trio.current_time()
-            for packet in batch:
-                self._input(packet, now)
+            if meter.enabled:
+                self._input_accounted(batch, now)
+            else:
+                for packet in batch:
+                    seg = self._parse(packet)
+                    if seg is not None:
+                        self._dispatch_guarded(seg, now)
             self.flush()
 
     async def _timer_loop(self) -> None:
@@ -230,13 +344,18 @@ class StackCore:
             self._timer_scope = None
             now = trio.current_time()
             heap = self._deadlines
+            fired = 0
+            started = time.perf_counter_ns() if self.meter.enabled else 0
             while heap and heap[0][0] <= now:
                 deadline, conn_id, conn = heapq.heappop(heap)
                 if self._scheduled.get(conn_id) != deadline:
                     continue  # superseded by an earlier entry, or the connection is gone
                 del self._scheduled[conn_id]
                 conn.on_timer(now)
+                fired += 1
                 self._mark(conn)
+            if started:
+                self.meter.add(Activity.TIMERS, time.perf_counter_ns() - started, fired)
             self.flush()
 
     # ------------------------------------------------------------------ internals
@@ -250,7 +369,7 @@ class StackCore:
 
     def _add(self, conn: Connection, key: ConnKey) -> None:
         self._conns[key] = conn
-        self._waiters[conn.conn_id] = _Waiters()
+        self._waiters[conn.conn_id] = trio.lowlevel.ParkingLot()
 
     def _allocate_port(self, host: str, port: int) -> int:
         span = len(self._ephemeral)
@@ -259,21 +378,64 @@ class StackCore:
             candidate = self._ephemeral[(start + i) % span]
             if candidate not in self._listeners and (candidate, host, port) not in self._conns:
                 return candidate
-        raise OSError(99, "no ephemeral port is free for this destination (EADDRNOTAVAIL)")
+        raise OSError(errno.EADDRNOTAVAIL, "no ephemeral port is free for this destination")
 
     def _mark(self, conn: Connection) -> None:
         self._dirty[conn.conn_id] = conn
 
-    def _input(self, packet: bytes, now: float) -> None:
+    def _parse(self, packet: bytes) -> TcpSegment | IcmpMessage | None:
         self.stats.packets_in += 1
         try:
-            seg = parse_packet(packet, verify_checksum=self._checksum)
+            return parse_packet(packet, verify_checksum=self._checksum)
         except ChecksumError:
             self.stats.checksum_errors += 1
-            return
         except MalformedPacket:
             self.stats.malformed += 1
-            return
+        return None
+
+    def _input_accounted(self, batch: list[bytes], now: float) -> None:
+        meter = self.meter
+        t0 = time.perf_counter_ns()
+        segs = [self._parse(packet) for packet in batch]
+        t1 = time.perf_counter_ns()
+        for seg in segs:
+            if seg is not None:
+                self._dispatch_guarded(seg, now)
+        t2 = time.perf_counter_ns()
+        meter.add(Activity.RX_PARSE, t1 - t0, len(batch))
+        meter.add(Activity.TCP_INPUT, t2 - t1, len(segs))
+
+    def _flush_accounted(self, dirty: dict[int, Connection], now: float) -> None:
+        meter = self.meter
+        t0 = time.perf_counter_ns()
+        segs: list[TcpSegment] = []
+        for conn in dirty.values():
+            segs += conn.poll_transmit(now)
+            self._schedule(conn)
+            self._after_change(conn)
+        t1 = time.perf_counter_ns()
+        checksum = self._checksum
+        packets = [build_packet(seg, checksum=checksum) for seg in segs]
+        t2 = time.perf_counter_ns()
+        self._send(packets)
+        t3 = time.perf_counter_ns()
+        meter.add(Activity.TCP_OUTPUT, t1 - t0, len(segs))
+        meter.add(Activity.BUILD, t2 - t1, len(packets))
+        if packets:
+            meter.add(Activity.LINK_SEND, t3 - t2, len(packets))
+
+    def _dispatch_guarded(self, seg: TcpSegment | IcmpMessage, now: float) -> None:
+        try:
+            self._dispatch(seg, now)
+        except Exception:
+            # One packet must not take the whole stack down (a remote peer could otherwise
+            # stop every connection with one crafted segment); the bug still gets reported.
+            self.stats.internal_errors += 1
+            if now - self._last_error_log >= 1.0:
+                self._last_error_log = now
+                log.exception("internal error while processing %r (dropped)", seg)
+
+    def _dispatch(self, seg: TcpSegment | IcmpMessage, now: float) -> None:
         if isinstance(seg, IcmpMessage):
             self._icmp(seg, now)
             return
@@ -283,21 +445,54 @@ class StackCore:
         key = (seg.dport, seg.src, seg.sport)
         conn = self._conns.get(key)
         if conn is not None:
-            conn.on_segment(seg, now)
+            if conn.state is TcpState.SYN_RECEIVED:
+                if self._accept_queue_full(conn, seg):
+                    # Linux tcp_check_req "listen_overflow": the handshake cannot complete into
+                    # a full accept queue; drop the ACK, the peer's retransmission may find room.
+                    self.stats.accept_queue_overflows += 1
+                    return
+                conn.on_segment(seg, now)
+                self._settle_passive(conn)  # queue it now: later ACKs of this batch see it
+            else:
+                conn.on_segment(seg, now)
             self._mark(conn)
             return
         listener = self._listeners.get(seg.dport)
-        if listener is not None and seg.flags & (TcpFlags.SYN | TcpFlags.ACK | TcpFlags.RST) == TcpFlags.SYN:
-            self._passive_open(listener, seg, key, now)
-            return
+        if listener is not None:
+            flags = seg.flags & (_SYN | _ACK | _RST)
+            if flags == _SYN:
+                self._listen_syn(listener, seg, key, now)
+                return
+            if flags == _ACK and self.syncookies and (
+                self.syncookies == 2 or now - listener.last_overflow < COOKIE_WINDOW
+            ):
+                if self._cookie_ack(listener, seg, key, now):
+                    return
+                self.stats.syncookies_failed += 1
         self.stats.no_connection += 1
         self._reset_closed(seg)
 
-    def _passive_open(self, listener: _Listen, syn: TcpSegment, key: ConnKey, now: float) -> None:
-        if len(listener.half_open) + len(listener.accept_queue) >= 2 * listener.backlog:
-            # Without SYN cookies a full queue drops the SYN; the peer retransmits it.
-            self.stats.syn_queue_overflows += 1
+    # ------------------------------------------------------------------ listeners, SYN cookies
+
+    def _accept_queue_full(self, conn: Connection, seg: TcpSegment) -> bool:
+        listener = self._owner.get(conn.conn_id)
+        return (
+            listener is not None
+            and seg.flags & (_ACK | _SYN | _RST) == _ACK
+            and len(listener.accept_queue) >= listener.backlog
+        )
+
+    def _listen_syn(self, listener: _Listen, syn: TcpSegment, key: ConnKey, now: float) -> None:
+        if len(listener.accept_queue) >= listener.backlog:
+            # Linux tcp_conn_request: with the accept queue full even a cookie would not help.
+            self.stats.accept_queue_overflows += 1
             return
+        if self.syncookies == 2 or len(listener.half_open) >= listener.backlog:
+            self.stats.syn_queue_overflows += 1
+            listener.last_overflow = now
+            if self.syncookies:
+                self._send_cookie(listener, syn, now)
+            return  # without cookies the SYN is dropped; the peer retransmits it
         conn = Connection.from_syn(
             syn,
             iss=self._isn(self.address, syn.dport, syn.src, syn.sport, now),
@@ -310,36 +505,88 @@ class StackCore:
         self._owner[conn.conn_id] = listener
         self._mark(conn)
 
+    def _send_cookie(self, listener: _Listen, syn: TcpSegment, now: float) -> None:
+        """Answer ``syn`` with a SYN-ACK whose ISN is a cookie, keeping no state."""
+        checksum = self._checksum
+        segments = self._cookies.syn_ack(syn, listener.options, now)
+        self.stats.syncookies_sent += 1
+        self._send([build_packet(seg, checksum=checksum) for seg in segments])
+
+    def _cookie_ack(self, listener: _Listen, ack: TcpSegment, key: ConnKey, now: float) -> bool:
+        """Rebuild a connection from a valid cookie ACK; False if ``ack`` carries no valid cookie
+        (the caller then answers with a RST, as for any closed port)."""
+        index = self._cookies.validate(ack, now)
+        if index is None:
+            return False
+        if len(listener.accept_queue) >= listener.backlog:
+            self.stats.accept_queue_overflows += 1
+            return True  # dropped, as Linux does; the peer's retransmission may find room
+        conn = self._cookies.rebuild(ack, index, listener.options, now, next(self._ids))
+        if conn is None:
+            return False
+        self.stats.syncookies_recv += 1
+        self._add(conn, key)
+        self._owner[conn.conn_id] = listener
+        self._settle_passive(conn)
+        self._mark(conn)
+        return True
+
     def _reset_closed(self, seg: TcpSegment) -> None:
         # RFC 9293 section 3.10.7.1: a segment to a CLOSED port gets a RST, unless it is one.
-        if seg.flags & TcpFlags.RST:
+        if seg.flags & _RST:
             return
-        if seg.flags & TcpFlags.ACK:
+        if seg.flags & _ACK:
             rst = TcpSegment(
                 src=self.address, dst=seg.src, sport=seg.dport, dport=seg.sport,
-                seq=seg.ack, flags=TcpFlags.RST,
+                seq=seg.ack, flags=_RST,
             )
         else:
             rst = TcpSegment(
                 src=self.address, dst=seg.src, sport=seg.dport, dport=seg.sport, seq=0,
-                ack=(seg.seq + seg.seg_len) & 0xFFFFFFFF, flags=TcpFlags.RST | TcpFlags.ACK,
+                ack=(seg.seq + seg.seg_len) & MASK, flags=_RST | _ACK,
             )
         self.stats.resets_sent += 1
         self._send([build_packet(rst, checksum=self._checksum)])
 
+    # ------------------------------------------------------------------ ICMP
+
     def _icmp(self, msg: IcmpMessage, now: float) -> None:
-        self.stats.icmp_in += 1
-        if msg.quoted_sport is None or msg.quoted_dport is None or msg.quoted_dst is None:
+        stats = self.stats
+        stats.icmp_in += 1
+        if (
+            msg.dst != self.address
+            or msg.type not in (IcmpType.DEST_UNREACHABLE, IcmpType.TIME_EXCEEDED, IcmpType.SOURCE_QUENCH)
+            or msg.quoted_protocol != PROTO_TCP
+            or msg.quoted_src != self.address
+            or msg.quoted_dst is None
+            or msg.quoted_sport is None
+            or msg.quoted_dport is None
+            or msg.quoted_seq is None
+        ):
+            stats.icmp_ignored += 1
             return
         conn = self._conns.get((msg.quoted_sport, msg.quoted_dst, msg.quoted_dport))
-        if conn is not None and hasattr(conn, "on_icmp"):
-            conn.on_icmp(msg, now)
-            self._mark(conn)
+        if conn is None or conn.state is TcpState.TIME_WAIT:
+            stats.icmp_ignored += 1
+            return
+        # RFC 5927 section 4.1 (Linux tcp_v4_err): only a quote of data in flight is believable;
+        # anything else may be an off-path attacker guessing the 4-tuple.
+        seq = unwrap(msg.quoted_seq, conn.snd_una)
+        if not conn.snd_una <= seq <= conn.snd_nxt:
+            stats.icmp_out_of_window += 1
+            return
+        if msg.type == IcmpType.DEST_UNREACHABLE and msg.code != 4:
+            code = ICMP_UNREACH_ERRNO.get(msg.code, errno.EHOSTUNREACH)
+            # Soft error (RFC 1122 4.2.3.9): remembered, reported if the connection times out.
+            self._soft_errors[conn] = OSError(
+                code, f"{_errno_text(code)} (ICMP type 3 code {msg.code} from {msg.src})"
+            )
+        conn.on_icmp(msg, now)  # the IcmpReceived event; hard errors; path MTU (RFC 1191)
+        self._mark(conn)
 
-    def _poll(self, conn: Connection, now: float, packets: list[bytes]) -> None:
-        checksum = self._checksum
-        for seg in conn.poll_transmit(now):
-            packets.append(build_packet(seg, checksum=checksum))
+    # ------------------------------------------------------------------ output and bookkeeping
+
+    def _schedule(self, conn: Connection) -> None:
         deadline = conn.next_deadline()
         if deadline is not None:
             scheduled = self._scheduled.get(conn.conn_id)
@@ -350,32 +597,42 @@ class StackCore:
                 scope = self._timer_scope
                 if scope is not None and deadline < scope.deadline:
                     scope.deadline = deadline
-        self._after_change(conn)
+
+    def _settle_passive(self, conn: Connection) -> None:
+        """A passive connection that left SYN-RECEIVED: into the accept queue, or gone."""
+        listener = self._owner.get(conn.conn_id)
+        state = conn.state
+        if listener is None or state is TcpState.SYN_RECEIVED:
+            return
+        listener.half_open.discard(self._key(conn))
+        del self._owner[conn.conn_id]
+        if state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) and not listener.closed:
+            if len(listener.accept_queue) < listener.backlog:
+                listener.accept_queue.append(conn)
+                listener.lot.unpark_all()
+            else:
+                self.stats.accept_queue_overflows += 1
+                conn.abort()
+                self._mark(conn)
 
     def _after_change(self, conn: Connection) -> None:
-        state = conn.state
-        listener = self._owner.get(conn.conn_id)
-        if listener is not None and state is not TcpState.SYN_RECEIVED:
-            key = self._key(conn)
+        if self._owner:
+            self._settle_passive(conn)
+        lot = self._waiters.get(conn.conn_id)
+        if lot is not None:
+            lot.unpark_all()
+        if conn.state is TcpState.CLOSED:
+            self._forget(conn)
+
+    def _forget(self, conn: Connection) -> None:
+        key = self._key(conn)
+        if self._conns.get(key) is conn:
+            del self._conns[key]
+        self._waiters.pop(conn.conn_id, None)
+        listener = self._owner.pop(conn.conn_id, None)
+        if listener is not None:
             listener.half_open.discard(key)
-            del self._owner[conn.conn_id]
-            if state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) and not listener.closed:
-                if len(listener.accept_queue) < listener.backlog:
-                    listener.accept_queue.append(conn)
-                    listener.lot.unpark_all()
-                else:
-                    self.stats.accept_queue_overflows += 1
-                    conn.abort()
-        waiters = self._waiters.get(conn.conn_id)
-        if waiters is not None:
-            waiters.lot.unpark_all()
-        if state is TcpState.CLOSED:
-            self._conns.pop(self._key(conn), None)
-            self._waiters.pop(conn.conn_id, None)
-            self._owner.pop(conn.conn_id, None)
-            self._scheduled.pop(conn.conn_id, None)
-            if waiters is not None:
-                waiters.lot.unpark_all()
+        self._scheduled.pop(conn.conn_id, None)
 
     def _send(self, packets: list[bytes]) -> None:
         if packets:
@@ -386,7 +643,11 @@ class StackCore:
                 pass
 
     async def _shutdown(self, grace: float) -> None:
-        """Close every connection gracefully, wait up to ``grace`` seconds, abort the rest."""
+        """Close every connection gracefully, wait up to ``grace`` seconds, abort the rest.
+
+        TIME-WAIT connections are simply forgotten: their side is done, and a RST from them would
+        only disturb a peer that has closed as well.
+        """
         self._closing = True
         for listener in list(self._listeners.values()):
             self.unlisten(listener)
@@ -394,20 +655,27 @@ class StackCore:
             conn.close()
             self._mark(conn)
         self.flush()
+
+        def unfinished() -> list[Connection]:
+            return [
+                c for c in self._conns.values()
+                if c.state not in (TcpState.CLOSED, TcpState.TIME_WAIT)
+            ]
+
         with trio.move_on_after(grace):
-            while any(
-                c.state not in (TcpState.CLOSED, TcpState.TIME_WAIT) for c in self._conns.values()
-            ):
-                conn = next(
-                    c for c in self._conns.values()
-                    if c.state not in (TcpState.CLOSED, TcpState.TIME_WAIT)
-                )
-                await self.wait_changed(conn)
+            while pending := unfinished():
+                await self.wait_changed(pending[0])
         for conn in list(self._conns.values()):
-            if conn.state is not TcpState.CLOSED:
+            if conn.state is TcpState.TIME_WAIT:
+                self._forget(conn)
+            elif conn.state is not TcpState.CLOSED:
                 conn.abort()
                 self._mark(conn)
         self.flush()
+
+
+def _errno_text(code: int) -> str:
+    return os.strerror(code).lower()
 
 
 @asynccontextmanager

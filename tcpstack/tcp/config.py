@@ -139,6 +139,11 @@ def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) 
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def _optional_positive(inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None:
+        _positive(inst, attribute, value)
+
+
 @attrs.frozen(slots=True)
 class Profile:
     """Where the RFCs leave a choice, what one operating system does.
@@ -182,6 +187,15 @@ class Profile:
     # Minimum interval between out-of-window duplicate ACKs and challenge ACKs on one connection
     # (Linux net.ipv4.tcp_invalid_ratelimit, RFC 5961 section 10 leaves the rate to implementations).
     invalid_ack_interval: float = attrs.field(default=0.0, validator=_non_negative)
+    # The largest receive buffer autotuning may reach: the window scale is chosen to cover it
+    # (Linux tcp_select_initial_window with tcp_rmem[2]; FreeBSD sb_max_adj). 0: the buffer.
+    receive_buffer_max: int = attrs.field(default=0, validator=_non_negative)
+    # RFC 8985 RACK-TLP loss detection and tail loss probes (Linux tcp_recovery=1,
+    # tcp_early_retrans=3); off: RFC 6675 DupThresh/IsLost only, no probes.
+    rack_tlp: bool = False
+    # RFC 3465 L: slow start grows cwnd by at most L*SMSS per ACK; None: by every byte ACKed,
+    # as Linux tcp_slow_start does (a stretch ACK may double cwnd).
+    abc_limit_segments: int | None = attrs.field(default=2, validator=_optional_positive)
 
     def __attrs_post_init__(self) -> None:
         expected = self.syn_layout(mss=True, sack=True, ts=True, wscale=True)
@@ -234,6 +248,9 @@ LINUX = Profile(
     cwnd_validation=True,  # net.ipv4.tcp_slow_start_after_idle = 1
     rst_on_close_with_unread_data=True,  # tcp_close(): "data was lost" -> RST (RFC 2525 2.17)
     invalid_ack_interval=0.5,  # net.ipv4.tcp_invalid_ratelimit = 500 ms
+    receive_buffer_max=6 * 1024 * 1024,  # net.ipv4.tcp_rmem[2]
+    rack_tlp=True,  # net.ipv4.tcp_recovery = 1 (RACK), tcp_early_retrans = 3 (TLP)
+    abc_limit_segments=None,  # tcp_slow_start: cwnd += acked segments, no per-ACK cap
 )
 
 FREEBSD = Profile(
@@ -256,6 +273,9 @@ FREEBSD = Profile(
     rst_on_close_with_unread_data=False,  # tcp_disconnect() flushes so_rcv and sends FIN
     rto_slop=0.2,  # net.inet.tcp.rexmit_slop = 200 ms
     connect_timeout=75.0,  # net.inet.tcp.keepinit = 75000 ms
+    receive_buffer_max=2 * 1024 * 1024,  # kern.ipc.maxsockbuf
+    rack_tlp=False,  # the default stack: RFC 6675 SACK recovery (RACK lives in tcp_rack)
+    abc_limit_segments=2,  # net.inet.tcp.abc_l_var = 2
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX, FREEBSD)}

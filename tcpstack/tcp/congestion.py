@@ -78,6 +78,9 @@ class CongestionControl(abc.ABC):
         self.initial_window = initial_window
         self.cwnd = initial_window
         self.ssthresh = TCP_INFINITE_SSTHRESH
+        # RFC 3465 L (segments per ACK in slow start); None: no cap, as Linux tcp_slow_start.
+        # The engine sets it from its profile.
+        self.abc_limit_segments: int | None = ABC_LIMIT_SEGMENTS
         # RFC 3465 section 2.1 bytes_acked: congestion avoidance adds one SMSS per cwnd acked.
         self._bytes_acked = 0
         # RFC 5681 section 3.1 after eq. (4): a second RTO for the same data, with no ACK of new
@@ -198,10 +201,12 @@ class CongestionControl(abc.ABC):
             self._rto_without_progress = False
 
     def _slow_start(self, acked_bytes: int) -> int:
-        """RFC 5681 section 3.1 slow start with RFC 3465 byte counting (L=2), stopping at
-        ssthresh. Returns the counted bytes left over once cwnd reached ssthresh, which the
-        caller feeds to congestion avoidance (as Linux's ``tcp_slow_start`` does)."""
-        counted = min(acked_bytes, ABC_LIMIT_SEGMENTS * self.mss)
+        """RFC 5681 section 3.1 slow start with RFC 3465 byte counting (at most L*SMSS per ACK,
+        ``abc_limit_segments``; uncapped when None, as Linux), stopping at ssthresh. Returns the
+        counted bytes left over once cwnd reached ssthresh, which the caller feeds to
+        congestion avoidance (as Linux's ``tcp_slow_start`` does)."""
+        limit = self.abc_limit_segments
+        counted = acked_bytes if limit is None else min(acked_bytes, limit * self.mss)
         room = self.ssthresh - self.cwnd
         if counted <= room:
             self.cwnd += counted

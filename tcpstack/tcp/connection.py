@@ -12,6 +12,8 @@ PAWS (RFC 7323 5.3), the acceptability test, RST (with RFC 5961 3.2), SYN (RFC 5
 
 from __future__ import annotations
 
+from typing import Any
+
 from tcpstack.tcp.config import ConnectionOptions
 from tcpstack.tcp.events import (
     ChallengeAckSent,
@@ -19,13 +21,14 @@ from tcpstack.tcp.events import (
     IcmpReceived,
     ResetReceived,
 )
+from tcpstack.tcp.handshake import HandshakeMixin
 from tcpstack.tcp.info import TCPInfo
 from tcpstack.tcp.introspect import build_info
 from tcpstack.tcp.receiver import ACK_DELAYED, ACK_NOW
 from tcpstack.tcp.sender import SENDING_STATES
 from tcpstack.tcp.seq import seq_lt, unwrap
-from tcpstack.tcp.state import TcpState
-from tcpstack.tcp.timeouts import TimeoutMixin
+from tcpstack.tcp.sockopts import apply_options
+from tcpstack.tcp.state import CaState, TcpState
 from tcpstack.tcp.timers import TimerKind
 from tcpstack.wire.segment import (
     ECN_CE,
@@ -33,9 +36,7 @@ from tcpstack.wire.segment import (
     IcmpMessage,
     IcmpType,
     TcpFlags,
-    TcpOptions,
     TcpSegment,
-    Timestamps,
 )
 
 __all__ = ["Connection"]
@@ -46,7 +47,6 @@ _SYN = TcpFlags.SYN
 _FIN = TcpFlags.FIN
 _RST = TcpFlags.RST
 PAWS_IDLE = 24 * 24 * 3600.0  # RFC 7323 5.5: ts_recent is invalid after 24 days idle
-TCP_MIN_SND_MSS = 48  # Linux: the smallest MSS we will send with, whatever the peer says
 _ERRORS = {
     "connection reset by peer": ConnectionResetError,
     "connection refused": ConnectionRefusedError,
@@ -56,7 +56,7 @@ _ERRORS = {
 }
 
 
-class Connection(TimeoutMixin):
+class Connection(HandshakeMixin):
     """A TCP connection. See the module docstring and DESIGN.md (layer ``tcp``)."""
 
     # -- creation -----------------------------------------------------------------------
@@ -146,6 +146,13 @@ class Connection(TimeoutMixin):
 
     # -- application calls --------------------------------------------------------------
 
+    def set_options(self, **changes: Any) -> None:
+        """Change options at run time as ``setsockopt`` does on Linux: ``nodelay``,
+        ``keepalive``, ``user_timeout``, ``congestion``, ``send_buffer``, ``receive_buffer``,
+        ``mss`` (see :mod:`tcpstack.tcp.sockopts`). ``ValueError`` names unknown options or bad
+        values, and then nothing changes."""
+        apply_options(self, changes)
+
     def send(self, data: bytes | bytearray | memoryview) -> int:
         """Queue ``data``; return the number of bytes accepted (bounded by the send buffer)."""
         exc = self.error_exception()
@@ -156,6 +163,8 @@ class Connection(TimeoutMixin):
         ):
             raise BrokenPipeError(f"connection is not open for sending (state {self.state})")
         n = self.sndbuf.append(data)
+        if n and not self.sb:
+            self.idle_check = True
         if n < len(data) and self.sndbuf_limited_start is None:
             self.sndbuf_limited_start = self.last_now
         return n
@@ -235,37 +244,6 @@ class Connection(TimeoutMixin):
             out.append(self._emit(self.snd_nxt, _ACK, now))
         return out
 
-    def _build_syn(self, now: float) -> TcpSegment:
-        opts = self.opts
-        self.syn_pending = False
-        if self.state is TcpState.SYN_SENT:
-            flags = _SYN
-            sack, ts, wscale = opts.sack, opts.timestamps, opts.window_scaling
-            if opts.ecn:
-                flags |= TcpFlags.ECE | TcpFlags.CWR  # RFC 3168 6.1.1: ECN-setup SYN
-        else:
-            flags = _SYN | _ACK
-            sack, ts, wscale = self.sack_ok, self.ts_ok, self.wscale_ok
-            if self.ecn_ok:
-                flags |= TcpFlags.ECE  # ECN-setup SYN-ACK
-        options = TcpOptions(
-            mss=self.advmss,
-            wscale=self.rcv_wscale_offer if wscale else None,
-            sack_permitted=sack,
-            timestamps=Timestamps(self._tsval(now), self.ts_recent if ts and self.passive else 0)
-            if ts else None,
-            layout=self.profile.syn_layout(mss=True, sack=sack, ts=ts, wscale=wscale),
-        )
-        seg = self._emit(self.iss, flags, now, options=options)
-        retransmit = self.snd_nxt > self.iss
-        self.sb.on_sent(self.iss, self.iss + 1, now, retransmit=retransmit, rate=self.rate,
-                        syn=True)
-        self.snd_nxt = self.iss + 1
-        if self.retrans_stamp is None:
-            self.retrans_stamp = now
-        self.timers.set(TimerKind.RETRANSMIT, now + self.rtt.rto)
-        return seg
-
     # -- input --------------------------------------------------------------------------
 
     def _advance(self, now: float) -> None:
@@ -300,41 +278,6 @@ class Connection(TimeoutMixin):
             self._queue_rst(seg.ack, None, now, "closed")
         else:
             self._queue_rst(0, (seg.seq + seg.seg_len) & MASK, now, "closed")
-
-    def _learn_syn_options(self, syn: TcpSegment, now: float) -> None:
-        o = syn.options
-        opts = self.opts
-        self.peer_mss = o.mss if o.mss else 536
-        self.wscale_ok = opts.window_scaling and o.wscale is not None
-        if self.wscale_ok and o.wscale is not None:
-            self.snd_wscale = min(o.wscale, 14)  # RFC 7323 2.3: larger shifts are treated as 14
-            self.rcv.rcv_wscale = self.rcv_wscale_offer
-        else:
-            self.snd_wscale = 0
-            self.rcv.rcv_wscale = 0
-        self.sack_ok = opts.sack and o.sack_permitted
-        self.ts_ok = opts.timestamps and o.timestamps is not None
-        if self.ts_ok and o.timestamps is not None:
-            self.ts_recent = o.timestamps.tsval
-            self.ts_recent_stamp = now
-        if self.passive:
-            self.ecn_ok = opts.ecn and bool(syn.flags & TcpFlags.ECE) and bool(
-                syn.flags & TcpFlags.CWR)
-        else:
-            self.ecn_ok = opts.ecn and bool(syn.flags & TcpFlags.ECE) and not bool(
-                syn.flags & TcpFlags.CWR)
-        self._sync_mss()
-
-    def _sync_mss(self) -> None:
-        """The send MSS: peer's MSS, our own clamp and the path MTU, less the TS option
-        (Linux mss_cache, tcpi_snd_mss)."""
-        mss = min(self.peer_mss, self.advmss, self.pmtu - 40)
-        if self.ts_ok:
-            mss -= 12
-        mss = max(mss, TCP_MIN_SND_MSS)
-        if mss != self.mss_cache:
-            self.mss_cache = mss
-            self.cc.set_mss(mss)
 
     def _on_segment_syn_sent(self, seg: TcpSegment, now: float) -> None:
         """RFC 9293 3.10.7.3."""
@@ -381,23 +324,6 @@ class Connection(TimeoutMixin):
             self.snd_wl1 = rcv.irs
             self._set_state(TcpState.SYN_RECEIVED, now)
             self.syn_pending = True
-
-    def _established(self, now: float) -> None:
-        syn_retransmitted = self.retransmits > 0
-        self.timers.cancel(TimerKind.RETRANSMIT)
-        self.retransmits = 0
-        self.retrans_stamp = None
-        self.rtt.reset_backoff()
-        if syn_retransmitted:
-            # RFC 5681 3.1: after a lost SYN or SYN-ACK the initial window is one segment.
-            self.cc.cwnd = self.mss_cache
-        self.cwnd_usage_seq = self.snd_nxt
-        self._set_state(TcpState.ESTABLISHED, now)
-        if self.shut_wr:
-            self._set_state(TcpState.FIN_WAIT_1, now)
-        ka = self.opts.keepalive
-        if ka.enabled:
-            self.timers.set(TimerKind.KEEPALIVE, now + ka.idle)
 
     def _acceptable(self, seq: int, seg_len: int) -> bool:
         """RFC 9293 3.10.7.4, first check: the segment overlaps the receive window."""
@@ -637,7 +563,20 @@ class Connection(TimeoutMixin):
             if mtu < self.pmtu:
                 self.pmtu = mtu
                 self._sync_mss()
+                self._pmtu_retransmit(now)
         elif msg.type == IcmpType.DEST_UNREACHABLE and self.state is TcpState.SYN_SENT and msg.code in (2, 3):
             # RFC 1122 4.2.3.9: protocol/port unreachable is a hard error for a connect.
             self._close(now, "connection refused")
+
+    def _pmtu_retransmit(self, now: float) -> None:
+        """Linux tcp_simple_retransmit: what no longer fits the path went nowhere; resend it
+        at once in pieces of the new MSS. Not a congestion signal: cwnd and ssthresh stay."""
+        if not self.state.synchronized or not self.sb.mark_oversized_lost(self.mss_cache):
+            return
+        if self.ca_state != CaState.LOSS:
+            self.ca_state = CaState.LOSS
+            self.recover = self.snd_nxt
+            self.undo_marker = None
+            self.tlp_high_seq = None
+            self.pmtu_loss = True
 

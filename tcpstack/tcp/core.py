@@ -37,9 +37,6 @@ TCP_MSS_DEFAULT = 536  # RFC 9293 3.7.1: the send MSS when the peer sends no MSS
 TS_OPTION_LEN = 12  # nop, nop, kind 8 (10 bytes): what Linux subtracts from mss_cache
 SACK_OPTION_BASE = 4  # nop, nop, kind 5, length (RFC 2018 section 3)
 SACK_BLOCK_LEN = 8
-# Linux derives the window scale from the largest buffer autotuning may reach (tcp_rmem[2] for
-# linux, 6 MiB by default; FreeBSD: kern.ipc.maxsockbuf, 2 MiB), not the initial buffer.
-WSCALE_BUFFER = {"linux": 6 * 1024 * 1024, "freebsd": 2 * 1024 * 1024}
 
 _ACK = TcpFlags.ACK
 _RST = TcpFlags.RST
@@ -139,6 +136,7 @@ class ConnectionCore:
         self.shut_wr = False  # shutdown_write()/close(): a FIN follows the queued data
         self.fin_seq: int | None = None  # absolute sequence number of our FIN once sent
         self.app_closed = False  # close() called: no more reads either (orphaned socket)
+        self.idle_check = False  # data queued with nothing in flight: check for idle restart
         self.snd_sml = iss  # end of the last small segment sent (Minshall's Nagle, Linux)
         self.pushed_seq = iss  # end of the last segment that carried PSH
 
@@ -160,7 +158,9 @@ class ConnectionCore:
         )
         rbuf_for_scale = opts.receive_buffer
         if options.receive_buffer is None:
-            rbuf_for_scale = max(rbuf_for_scale, WSCALE_BUFFER.get(profile.name, 0))
+            # Linux derives the scale from the largest buffer autotuning may reach (tcp_rmem[2]),
+            # not the initial one; a buffer the user set (SO_RCVBUF) is final.
+            rbuf_for_scale = max(rbuf_for_scale, profile.receive_buffer_max)
         self.rcv_wscale_offer = window_scale_for(rbuf_for_scale) if opts.window_scaling else 0
 
         self.rcv = Receiver(
@@ -192,12 +192,30 @@ class ConnectionCore:
         self.dupacks = 0  # RFC 5681 duplicate ACK counter (non-SACK NewReno)
         self.prior_cwnd = 0  # for undo after a spurious recovery (D-SACK)
         self.prior_ssthresh = 0
-        self.undo_retrans = 0  # retransmissions not yet shown spurious by D-SACK (Linux undo_retrans)
+        # Linux undo_marker / undo_retrans: snd_una when the episode began, and how many of its
+        # retransmissions D-SACK has not yet shown spurious (-1: none made yet).
+        self.undo_marker: int | None = None
+        self.undo_retrans = -1
+        self.undos = 0
         self.reordering = profile.dup_ack_threshold  # Linux tp->reordering, in segments
         self.cwnd_limited = False
         self.max_flight = 0  # largest flight in the current window (Linux max_packets_out)
         self.cwnd_usage_seq = iss  # end of the window over which cwnd use is tracked
         self.loss_rto_start = 0.0
+        self.pmtu_loss = False  # the LOSS state was entered for a path MTU drop, not an RTO
+
+        # RACK (RFC 8985 6.1): the most recently sent delivered segment and its RTT.
+        self.rack_xmit_ts: float | None = None
+        self.rack_end_seq = 0
+        self.rack_rtt = 0.0
+        self.rack_reo_wnd_steps = 1  # RACK.reo_wnd_mult
+        self.rack_reo_wnd_persist = 0
+        self.rack_dsack_round: int | None = None
+        # TLP (RFC 8985 7): a probe is due at the next poll / the probe outstanding.
+        self.tlp_pending = False
+        self.tlp_high_seq: int | None = None
+        self.tlp_retrans = False
+        self.loss_probes = 0  # Linux LINUX_MIB_TCPLOSSPROBES, per connection
 
         # Timers and retransmission bookkeeping.
         self.timers = Timers()
@@ -265,12 +283,15 @@ class ConnectionCore:
 
     # -- construction helpers ----------------------------------------------------------
 
-    def _new_cc(self, mss: int) -> CongestionControl:
-        opts = self.opts
+    def _new_cc(self, mss: int, opts: ResolvedOptions | None = None) -> CongestionControl:
+        opts = self.opts if opts is None else opts
         iw = self.profile.initial_window_segments * mss
         if opts.congestion == "cubic":
-            return create_congestion_control("cubic", mss, iw, hystart=opts.hystart)
-        return create_congestion_control(opts.congestion, mss, iw)
+            cc = create_congestion_control("cubic", mss, iw, hystart=opts.hystart)
+        else:
+            cc = create_congestion_control(opts.congestion, mss, iw)
+        cc.abc_limit_segments = self.profile.abc_limit_segments
+        return cc
 
     # -- events and state --------------------------------------------------------------
 

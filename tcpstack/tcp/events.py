@@ -24,6 +24,8 @@ __all__ = [
     "RecoveryEntered",
     "RecoveryExited",
     "LossDetected",
+    "LossProbeSent",
+    "UndoneReduction",
     "ZeroWindowSeen",
     "ZeroWindowCleared",
     "ResetReceived",
@@ -128,6 +130,31 @@ class LossDetected(Event):
 
 
 @attrs.frozen(slots=True)
+class LossProbeSent(Event):
+    """An RFC 8985 tail loss probe covering ``[start, end)`` left: new data, or (``retransmission``)
+    the last segment again, which is also reported as ``SegmentRetransmitted(kind=PROBE)``."""
+
+    start: int
+    end: int
+    retransmission: bool
+
+    event_type: ClassVar[str] = "loss-probe-sent"
+
+
+@attrs.frozen(slots=True)
+class UndoneReduction(Event):
+    """A cwnd reduction proved spurious and was undone (``reason``: ``dsack`` when D-SACKs
+    showed every retransmission of the episode was unnecessary, RFC 3708 / Linux
+    tcp_try_undo_dsack); ``cwnd`` and ``ssthresh`` in bytes after the undo."""
+
+    cwnd: int
+    ssthresh: int
+    reason: str
+
+    event_type: ClassVar[str] = "reduction-undone"
+
+
+@attrs.frozen(slots=True)
 class ZeroWindowSeen(Event):
     """The peer advertised a zero receive window while we had data to send."""
 
@@ -200,6 +227,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RecoveryEntered,
         RecoveryExited,
         LossDetected,
+        LossProbeSent,
+        UndoneReduction,
         ZeroWindowSeen,
         ZeroWindowCleared,
         ResetReceived,

@@ -194,7 +194,8 @@ class Receiver:
 
     def _deliver(self, data: bytes) -> None:
         if self.shut_rd:
-            # shutdown(SHUT_RD): the bytes are acknowledged and discarded (Linux behaviour).
+            # shutdown(SHUT_RD) as BSD sorflush(): the bytes are acknowledged and discarded
+            # (Linux only marks the socket; the socket layer makes that choice).
             self.bytes_discarded += len(data)
         else:
             self._buf += data

@@ -21,11 +21,12 @@ from tcpstack.tcp.events import (
     RecoveryEntered,
     RecoveryExited,
     RtoFired,
+    UndoneReduction,
     UserTimeout,
     ZeroWindowCleared,
     ZeroWindowSeen,
 )
-from tcpstack.tcp.sender import SenderMixin
+from tcpstack.tcp.rack import REO_WND_PERSIST, RackMixin
 from tcpstack.tcp.seq import unwrap
 from tcpstack.tcp.state import CaState
 from tcpstack.tcp.timers import TimerKind
@@ -37,7 +38,7 @@ MASK = 0xFFFFFFFF
 MAX_REORDERING = 300  # Linux net.ipv4.tcp_max_reordering
 
 
-class RecoveryMixin(SenderMixin):
+class RecoveryMixin(RackMixin):
     """Sender-side ACK processing of :class:`tcpstack.tcp.connection.Connection`."""
 
     def _sack_blocks_of(self, seg: TcpSegment, ack: int) -> list[tuple[int, int]]:
@@ -82,8 +83,18 @@ class RecoveryMixin(SenderMixin):
 
         if res.dsack:
             self.dsack_dups += 1
-            if self.undo_retrans > 0:
-                self.undo_retrans -= 1
+            dsack = res.dsack_range
+            if (
+                self.undo_marker is not None and self.undo_retrans > 0 and dsack is not None
+                and dsack[1] > self.undo_marker
+            ):
+                self.undo_retrans -= 1  # one retransmission of this episode was unnecessary
+            if self.profile.rack_tlp:
+                self._rack_dsack()
+        rack = self.profile.rack_tlp and self.sack_ok
+        rack_advanced = rack and bool(res.newly_acked or res.newly_sacked) and self._rack_update(
+            res, now
+        )
         if res.reordering > 0:
             self.reord_seen += 1
             degree = min(-(-res.reordering // mss), MAX_REORDERING)
@@ -101,8 +112,14 @@ class RecoveryMixin(SenderMixin):
             and bool(sb)
         )
         newly_lost = 0
-        if self.sack_ok and (res.sacked_bytes or acked) and self.ca_state != CaState.LOSS:
+        reo_armed = False
+        if rack:
+            if rack_advanced:
+                newly_lost, reo_armed = self._rack_mark_lost(now)
+        elif self.sack_ok and (res.sacked_bytes or acked) and self.ca_state != CaState.LOSS:
             newly_lost = sb.update_lost(mss)
+        if self.tlp_high_seq is not None:
+            self._process_tlp_ack(ack, acked, res, now)
         self._ca_on_ack(
             seg, acked, res.delivered_bytes, is_dupack, newly_lost, prior_in_flight, rtt_sample,
             now,
@@ -110,11 +127,14 @@ class RecoveryMixin(SenderMixin):
         self.rate.sample(now, losses=newly_lost, rtt=rtt_sample, min_rtt=self.rtt.min_rtt)
 
         if acked > 0:
-            if sb:
-                self._arm_rto(now)
-            else:
-                self.timers.cancel(TimerKind.RETRANSMIT)
+            if not sb:
+                for kind in (TimerKind.RETRANSMIT, TimerKind.LOSS_PROBE, TimerKind.REO_TIMEOUT):
+                    self.timers.cancel(kind)
+                self.tlp_pending = False
                 self.retrans_stamp = None
+            elif not reo_armed and not self._schedule_loss_probe(now, advancing_rto=True):
+                # Linux tcp_set_xmit_timer, unless RACK just armed its reordering timer.
+                self._arm_rto(now)
 
     def _update_window(
         self, seg: TcpSegment, seq: int, ack: int, now: float, prior_una: int
@@ -162,7 +182,9 @@ class RecoveryMixin(SenderMixin):
 
         if state == CaState.LOSS:
             if ack >= self.recover and acked > 0:
-                self.total_rto_time += now - self.loss_rto_start
+                if not self.pmtu_loss:
+                    self.total_rto_time += now - self.loss_rto_start
+                self.pmtu_loss = False
                 self.ca_state = CaState.OPEN
                 state = CaState.OPEN
             elif acked > 0:
@@ -170,6 +192,12 @@ class RecoveryMixin(SenderMixin):
                 return
             else:
                 return
+
+        if self.undo_marker is not None and self.undo_retrans == 0:
+            # Every retransmission of the episode came back D-SACKed: it was reordering or
+            # delay, not loss (RFC 3708; Linux tcp_try_undo_dsack, also after the recovery).
+            self._undo_dsack(now)
+            state = self.ca_state
 
         if self.ecn_ok and seg.flags & TcpFlags.ECE and state in (CaState.OPEN, CaState.DISORDER):
             # RFC 3168 6.1.2: react to an ECN echo once per window, like a loss but without
@@ -227,6 +255,34 @@ class RecoveryMixin(SenderMixin):
         disorder = self.dupacks > 0 or (self.sack_ok and sb.sacked_segments > 0)
         self.ca_state = CaState.DISORDER if disorder else CaState.OPEN
 
+    def _undo_dsack(self, now: float) -> None:
+        cc = self.cc
+        cc.undo(max(self.prior_cwnd, 1), max(self.prior_ssthresh, 1))
+        self.undo_marker = None
+        self.undos += 1
+        self.rack_reo_wnd_persist = min(self.rack_reo_wnd_persist + 1, REO_WND_PERSIST)
+        self._event(UndoneReduction(now, self.conn_id, cc.cwnd, cc.ssthresh, "dsack"))
+        if self.ca_state == CaState.RECOVERY:
+            # Linux tcp_try_to_open: leave recovery; new losses start a new episode.
+            self.ca_state = CaState.DISORDER if self.sb.sacked_segments else CaState.OPEN
+            self.dupacks = 0
+            self._event(RecoveryExited(now, self.conn_id, cc.cwnd, cc.ssthresh))
+
+    def _on_reo_timeout(self, now: float) -> None:
+        """Linux tcp_rack_reo_timeout: the reordering window ran out for some segments."""
+        prior_in_flight = self._in_flight()
+        lost, wait = self._rack_detect_loss(now)
+        if lost:
+            self.lost_total += lost
+            self._event(LossDetected(now, self.conn_id, lost, lost > 1))
+            if self.ca_state not in (CaState.RECOVERY, CaState.LOSS):
+                self._start_reduction(prior_in_flight, now, CaState.RECOVERY, "rack")
+                self._prr(self.mss_cache, False, lost)
+        if wait > 0:
+            self._arm_reo_timer(now, wait)
+        elif self.sb:
+            self._arm_rto(now)
+
     def _is_cwnd_limited(self) -> bool:
         """Linux tcp_is_cwnd_limited: in slow start, cwnd below twice the largest flight of the
         window; otherwise whether sending was blocked by cwnd in this window (RFC 7661)."""
@@ -241,7 +297,10 @@ class RecoveryMixin(SenderMixin):
         cc = self.cc
         self.prior_cwnd = cc.cwnd
         self.prior_ssthresh = cc.ssthresh
-        self.undo_retrans = 0
+        # Linux tcp_init_undo for a recovery; a CWR (ECN) reduction is never undone.
+        self.undo_marker = self.snd_una if state == CaState.RECOVERY else None
+        self.undo_retrans = self.sb.retrans_out or -1
+        self.tlp_high_seq = None
         self.recover = self.snd_nxt
         cc.on_congestion_event(prior_in_flight, now)
         self.prr_delivered = 0
@@ -253,6 +312,8 @@ class RecoveryMixin(SenderMixin):
     def _end_reduction(self, now: float) -> None:
         cc = self.cc
         cc.on_recovery_exit(now)
+        if self.ca_state == CaState.RECOVERY and self.profile.rack_tlp:
+            self._rack_recovery_done()
         self.ca_state = CaState.OPEN
         self.dupacks = 0
         self._event(RecoveryExited(now, self.conn_id, cc.cwnd, cc.ssthresh))
@@ -299,7 +360,8 @@ class RecoveryMixin(SenderMixin):
         self.total_rto += 1
         self.retransmits += 1
         cc = self.cc
-        if self.ca_state != CaState.LOSS:
+        if self.ca_state != CaState.LOSS or self.pmtu_loss:
+            self.pmtu_loss = False
             self.total_rto_recoveries += 1
             self.loss_rto_start = now
             self.prior_cwnd = cc.cwnd
@@ -314,6 +376,9 @@ class RecoveryMixin(SenderMixin):
         self.ca_state = CaState.LOSS
         self.recover = self.snd_nxt
         self.dupacks = 0
+        self.undo_marker = None  # no undo of an RTO episode (F-RTO/Eifel are not implemented)
+        self.tlp_high_seq = None
+        self.tlp_pending = False
         self.rtt.on_timeout()
         self._event(RtoFired(now, self.conn_id, self.rtt.backoff, self.rtt.rto))
         self._arm_rto(now)

@@ -125,6 +125,8 @@ class Scoreboard:
         self._lost_high = 0
         # No lost record below _retx_hint is waiting for retransmission.
         self._retx_hint = 0
+        # RACK: every record below _rack_low is SACKed or lost and not retransmitted since.
+        self._rack_low = 0
         self._bytes_out = 0
         self._sacked_bytes = 0
         self._sacked_segs = 0
@@ -246,7 +248,7 @@ class Scoreboard:
             if self._snd_nxt is not None and start != self._snd_nxt:
                 raise ValueError(f"new data must start at snd_nxt={self._snd_nxt}, not {start}")
             if self._snd_nxt is None:
-                self._lost_high = self._retx_hint = start
+                self._lost_high = self._retx_hint = self._rack_low = start
             seg = SentSegment(start, end, fin=fin, syn=syn, first_sent=now, last_sent=now)
             rate.on_sent(seg, now, packets_out=packets_out)
             self._recs.append(seg)
@@ -263,6 +265,8 @@ class Scoreboard:
         self._split_at(end)
         recs = self._recs
         first = recs[i]
+        if start < self._rack_low:
+            self._rack_low = start
         while i < len(recs) and recs[i].start < end:
             r = recs[i]
             i += 1
@@ -498,6 +502,94 @@ class Scoreboard:
             self._retx_hint = first_marked
         return marked
 
+    def rack_detect_loss(
+        self, xmit_ts: float, end_seq: int, now: float, window: float
+    ) -> tuple[int, float]:
+        """RFC 8985 RACK_detect_loss: mark lost every record sent before the RACK segment
+        (``xmit_ts``, ``end_seq``) and not delivered within ``window`` (RACK.rtt + reo_wnd) of
+        its last transmission. Returns (newly marked, longest wait still to run, 0 if none).
+
+        Records are walked in sequence order from the first unsettled one; never-retransmitted
+        records are also in transmission order, so the walk stops at the first of them sent after
+        the RACK segment (Linux walks its time-sorted queue the same way).
+        """
+        recs = self._recs
+        n_recs = len(recs)
+        i = self._head
+        if i < n_recs and recs[i].start < self._rack_low:
+            i = bisect_left(recs, self._rack_low, lo=i, key=_start)
+        settled = True
+        marked = 0
+        wait = 0.0
+        first_marked: int | None = None
+        last_marked_end = 0
+        while i < n_recs:
+            r = recs[i]
+            i += 1
+            if r.sacked or (r.lost and not r.retrans_in_flight):
+                if settled:
+                    self._rack_low = r.end
+                continue
+            t = r.last_sent
+            if not (xmit_ts > t or (xmit_ts == t and end_seq > r.end)):
+                if r.retransmits == 0:
+                    break
+                settled = False
+                continue
+            remaining = t + window - now
+            if remaining > 0:
+                settled = False
+                if remaining > wait:
+                    wait = remaining
+                continue
+            self._account(r, -1)
+            r.lost = True
+            r.retrans_in_flight = False  # a lost retransmission must go again (RFC 8985 6.2)
+            self._account(r, 1)
+            marked += 1
+            last_marked_end = r.end
+            if first_marked is None:
+                first_marked = r.start
+            if settled:
+                self._rack_low = r.end
+        if first_marked is not None:
+            if first_marked < self._retx_hint:
+                self._retx_hint = first_marked
+            # next_seg looks for lost records below _lost_high.
+            if last_marked_end > self._lost_high:
+                self._lost_high = last_marked_end
+        return marked, wait
+
+    def mark_oversized_lost(self, mss: int) -> int:
+        """After a path MTU drop (Linux tcp_simple_retransmit): every unSACKed record longer than
+        ``mss`` cannot have passed the smaller link; mark it lost. Returns how many were."""
+        marked = 0
+        for r in self:
+            if r.sacked or r.lost or r.end - r.start - (1 if r.fin else 0) <= mss:
+                continue
+            self._account(r, -1)
+            r.lost = True
+            r.retrans_in_flight = False
+            self._account(r, 1)
+            marked += 1
+            if r.start < self._retx_hint:
+                self._retx_hint = r.start
+            if r.end > self._lost_high:
+                self._lost_high = r.end
+        return marked
+
+    def unmark_lost(self) -> None:
+        """A loss episode proved spurious (undo): forget every lost mark (Linux
+        tcp_undo_cwnd_reduction with unmark_loss)."""
+        for r in self:
+            if r.lost:
+                self._account(r, -1)
+                r.lost = False
+                self._account(r, 1)
+        una = self.snd_una
+        if una is not None:
+            self._lost_high = self._retx_hint = self._rack_low = una
+
     def mark_all_lost(self, *, clear_sacked: bool = False) -> None:
         """After an RTO (RFC 6675 section 5.1): every unSACKed record is lost and no
         retransmission is believed in flight any more. ``clear_sacked`` also forgets the SACK
@@ -534,14 +626,15 @@ class Scoreboard:
             raise ValueError(f"mss must be positive, not {mss}")
         recs = self._recs
         i = max(self._head, self._index(self._retx_hint)) if self else len(recs)
-        # Advance the hint past records that need nothing (SACKed or retransmitted lost ones).
+        # Advance the hint past records not waiting for a retransmission: every path that marks
+        # a record lost (update_lost, rack_detect_loss, mark_all_lost) lowers the hint again.
+        # Below _lost_high, RFC 6675 marks are contiguous; RACK's may skip records still in
+        # their reordering window, hence no early exit.
         while i < len(recs) and recs[i].start < self._lost_high:
             r = recs[i]
             if r.lost and not r.sacked and not r.retrans_in_flight:
                 self._retx_hint = r.start
                 return (r.start, min(r.end, r.start + mss))
-            if not r.sacked and not r.lost:
-                break
             i += 1
         if i < len(recs):
             self._retx_hint = recs[i].start

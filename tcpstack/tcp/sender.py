@@ -11,7 +11,7 @@ and nothing carried it.
 from __future__ import annotations
 
 from tcpstack.tcp.core import ConnectionCore
-from tcpstack.tcp.events import RetransmitKind, SegmentRetransmitted
+from tcpstack.tcp.events import LossProbeSent, RetransmitKind, SegmentRetransmitted
 from tcpstack.tcp.state import CaState, TcpState
 from tcpstack.tcp.timers import TimerKind
 from tcpstack.wire.segment import TcpFlags, TcpSegment
@@ -23,6 +23,10 @@ _PSH = TcpFlags.PSH
 _FIN = TcpFlags.FIN
 _CWR = TcpFlags.CWR
 MASK = 0xFFFFFFFF
+
+TCP_TIMEOUT_MIN = 0.002  # Linux TCP_TIMEOUT_MIN: 2 jiffies
+TCP_TIMEOUT_INIT = 1.0  # PTO when there is no RTT sample yet (RFC 8985 7.2)
+_XMIT_TIMERS = (TimerKind.RETRANSMIT, TimerKind.LOSS_PROBE, TimerKind.REO_TIMEOUT)
 
 # States in which our side may still send data or retransmit (RFC 9293 3.10.4 / 3.10.7).
 SENDING_STATES = frozenset({
@@ -63,26 +67,33 @@ class SenderMixin(ConnectionCore):
         sb = self.sb
         cc = self.cc
         mss = self._current_mss()
-        if (
-            self.profile.cwnd_validation
-            and not sb
-            and self.last_data_sent is not None
-            and self.sndbuf.end > self.snd_nxt
-            and now - self.last_data_sent > self.rtt.rto
-        ):
-            # RFC 5681 4.1 / RFC 7661: restart from the initial window after an idle period.
-            cc.on_idle_restart(now - self.last_data_sent, self.rtt.rto, now)
+        if self.idle_check:
+            # RFC 5681 4.1: restart from the initial window after an idle period. Linux
+            # judges it when the application queues data with nothing in flight
+            # (tcp_slow_start_after_idle_check from tcp_skb_entail), not while queued data
+            # waits for the window: send() sets idle_check, the first transmit attempt decides.
+            self.idle_check = False
+            if (
+                self.profile.cwnd_validation
+                and not sb
+                and self.last_data_sent is not None
+                and now - self.last_data_sent > self.rtt.rto
+            ):
+                cc.on_idle_restart(now - self.last_data_sent, self.rtt.rto, now)
         in_flight = self._in_flight()
 
         # 1. Retransmissions: lost segments (SACK recovery, RTO recovery) or the NewReno head.
         if self.ca_state in (CaState.RECOVERY, CaState.LOSS):
             in_flight = self._retransmit_lost(now, out, in_flight)
 
-        # 2. New data and FIN.
+        # 2. New data and FIN. A tail loss probe may send one new segment whatever cwnd and
+        # Nagle say (Linux tcp_send_loss_probe: tcp_write_xmit with TCP_NAGLE_OFF, push_one).
         sndbuf = self.sndbuf
         wnd_end = self.snd_una + self.snd_wnd
         rwnd_blocked = False
         cwnd_blocked = False
+        probe = self.tlp_pending
+        sent_new = False
         while True:
             data_end = sndbuf.end
             snd_nxt = self.snd_nxt
@@ -92,7 +103,7 @@ class SenderMixin(ConnectionCore):
                 break
             # Linux tcp_cwnd_test: "don't be strict about the congestion window for the final
             # FIN": a last single segment carrying the FIN goes out even with cwnd full.
-            if in_flight >= cc.cwnd and not (fin_ready and avail <= mss):
+            if in_flight >= cc.cwnd and not (fin_ready and avail <= mss) and not probe:
                 cwnd_blocked = True
                 break
             room = wnd_end - snd_nxt
@@ -114,6 +125,7 @@ class SenderMixin(ConnectionCore):
                     and n == avail
                     and not fin_ready
                     and not self.opts.nodelay
+                    and not probe
                     and self.snd_sml > self.snd_una
                     and self.snd_sml <= snd_nxt
                 ):
@@ -155,13 +167,24 @@ class SenderMixin(ConnectionCore):
                 self.prr_out += seg_end - snd_nxt
             in_flight += seg_end - snd_nxt
             cc.on_packet_sent(seg_end - snd_nxt, in_flight, now)
-            if not self.timers.is_set(TimerKind.RETRANSMIT):
+            sent_new = True
+            if not self._xmit_timer_pending():
                 self._arm_rto(now)
-            if fin:
+            if fin or probe:
                 break
 
-        # 3. RFC 6675 rule 3: with nothing new to send, retransmit holes below the highest SACK.
-        if self.ca_state == CaState.RECOVERY and self.sack_ok and not cwnd_blocked:
+        if probe:
+            self._send_loss_probe(now, out, sent_new)
+        elif sent_new:
+            # RFC 8985 7.2: every transmission of new data (re)schedules the probe.
+            self._schedule_loss_probe(now, advancing_rto=False)
+
+        # 3. RFC 6675 rule 3: with nothing new to send, retransmit holes below the highest SACK
+        # (not with RACK: Linux retransmits only what is marked lost).
+        if (
+            self.ca_state == CaState.RECOVERY and self.sack_ok and not cwnd_blocked
+            and not self.profile.rack_tlp
+        ):
             in_flight = self._retransmit_lost(now, out, in_flight, rule3=True)
 
         # Linux tcp_cwnd_validate: per window of data, remember the largest flight and whether
@@ -239,12 +262,14 @@ class SenderMixin(ConnectionCore):
         length = end - start
         self.total_retrans += 1
         self.bytes_retrans += n
-        self.undo_retrans += 1
+        self.undo_retrans = max(self.undo_retrans, 0) + 1
         if self.ca_state == CaState.RECOVERY:
             self.prr_out += length
         if self.retrans_stamp is None:
             self.retrans_stamp = now
-        if not self.timers.is_set(TimerKind.RETRANSMIT):
+        if not self.timers.is_set(TimerKind.RETRANSMIT) and not self.timers.is_set(
+            TimerKind.REO_TIMEOUT
+        ):
             self._arm_rto(now)
         self._event(SegmentRetransmitted(now, self.conn_id, kind, start & MASK, end & MASK))
         self.cc.on_packet_sent(length, self._in_flight(), now)
@@ -272,7 +297,7 @@ class SenderMixin(ConnectionCore):
         ut = self.opts.user_timeout
         if ut is not None and self.retrans_stamp is not None:
             when = min(when, max(self.retrans_stamp + ut, now))
-        self.timers.set(TimerKind.RETRANSMIT, when)
+        self._set_xmit_timer(TimerKind.RETRANSMIT, when)
 
     def _arm_persist(self, now: float) -> None:
         # RFC 9293 3.8.6.1 / Linux tcp_probe0_when: RTO with exponential backoff, capped.
@@ -284,3 +309,102 @@ class SenderMixin(ConnectionCore):
         """Zero-window / keep-alive probe: an ACK with an old sequence number, which forces the
         peer to answer with its current window (Linux tcp_xmit_probe_skb, RFC 1122 4.2.3.6)."""
         self.outq.append(self._emit(self.snd_una - 1, _ACK, now, options=self._options(now, sack=False)))
+
+    # -- the shared transmission-timer slot ----------------------------------------------
+
+    def _xmit_timer_pending(self) -> bool:
+        t = self.timers
+        return (
+            t.is_set(TimerKind.RETRANSMIT) or t.is_set(TimerKind.LOSS_PROBE)
+            or t.is_set(TimerKind.REO_TIMEOUT)
+        )
+
+    def _set_xmit_timer(self, kind: TimerKind, when: float) -> None:
+        timers = self.timers
+        for other in _XMIT_TIMERS:
+            if other is not kind and timers.is_set(other):
+                timers.cancel(other)
+        timers.set(kind, when)
+
+    # -- TLP --------------------------------------------------------------------------------
+
+    def _schedule_loss_probe(self, now: float, *, advancing_rto: bool) -> bool:
+        """Linux tcp_schedule_loss_probe (RFC 8985 7.2): arm the PTO; False if TLP does not
+        apply (then the caller arms the RTO)."""
+        sb = self.sb
+        ca = self.ca_state
+        if (
+            not self.sack_ok
+            or not sb
+            or (ca != CaState.OPEN and ca != CaState.CWR)
+            or not self.profile.rack_tlp
+        ):
+            return False
+        rtt = self.rtt
+        srtt = rtt.srtt
+        if srtt:
+            # One segment out: the receiver may be holding its ACK for the delayed-ACK timer.
+            pto = 2 * srtt + (self.opts.min_rto if len(sb) == 1 else TCP_TIMEOUT_MIN)
+        else:
+            pto = TCP_TIMEOUT_INIT
+        # Never later than the RTO would fire.
+        rto = rtt.rto
+        if advancing_rto:
+            if rto < pto:
+                pto = rto
+        else:
+            head = sb.first()
+            rto_delta = (head.last_sent if head is not None else now) + rto - now
+            if 0 < rto_delta < pto:
+                pto = rto_delta
+        timers = self.timers
+        if timers.is_set(TimerKind.RETRANSMIT):
+            timers.cancel(TimerKind.RETRANSMIT)
+        if timers.is_set(TimerKind.REO_TIMEOUT):
+            timers.cancel(TimerKind.REO_TIMEOUT)
+        timers.set(TimerKind.LOSS_PROBE, now + pto)
+        return True
+
+    def _on_loss_probe_timer(self, now: float) -> None:
+        """The PTO expired: the probe goes out at the next poll (it may be new data, which
+        only the transmit path sends)."""
+        if not self.sb:
+            return
+        if (
+            self.tlp_high_seq is not None  # at most one probe outstanding (RFC 8985 7.3)
+            or self.state not in SENDING_STATES
+            or self.ca_state in (CaState.RECOVERY, CaState.LOSS)
+        ):
+            self._arm_rto(now)
+            return
+        self.tlp_pending = True
+
+    def _send_loss_probe(self, now: float, out: list[TcpSegment], new_data_sent: bool) -> None:
+        """Called by the transmit path after it tried new data with the probe's exemption
+        from cwnd and Nagle: record the probe, or retransmit the last segment instead
+        (Linux tcp_send_loss_probe)."""
+        self.tlp_pending = False
+        sb = self.sb
+        retrans = False
+        if new_data_sent:
+            last = sb.last()
+            assert last is not None
+            start, end = last.start, last.end
+        else:
+            last = sb.last()
+            if last is None or last.sacked:
+                self._arm_rto(now)
+                return
+            mss = self._current_mss()
+            # Only the last MSS of the last segment goes again (tcp_fragment in Linux).
+            pcount = max(-(-(last.end - last.start) // mss), 1)
+            start = last.start + (pcount - 1) * mss if pcount > 1 else last.start
+            end = last.end
+            self._retransmit_range(start, end, now, out, RetransmitKind.PROBE)
+            retrans = True
+        self.tlp_high_seq = self.snd_nxt
+        self.tlp_retrans = retrans
+        self.loss_probes += 1
+        self._event(LossProbeSent(now, self.conn_id, start & 0xFFFFFFFF, end & 0xFFFFFFFF,
+                                  retrans))
+        self._arm_rto(now)

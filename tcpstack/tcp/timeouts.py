@@ -65,6 +65,11 @@ class TimeoutMixin(RecoveryMixin):
                 self._on_persist(now)
             elif kind is TimerKind.KEEPALIVE:
                 self._on_keepalive(now)
+            elif kind is TimerKind.LOSS_PROBE:
+                self._on_loss_probe_timer(now)
+            elif kind is TimerKind.REO_TIMEOUT:
+                if self.state in SENDING_STATES and self.sb:
+                    self._on_reo_timeout(now)
             elif kind is TimerKind.TIME_WAIT:
                 if self.state in (TcpState.TIME_WAIT, TcpState.FIN_WAIT_2):
                     self._close(now)

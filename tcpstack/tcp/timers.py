@@ -21,6 +21,8 @@ class TimerKind(enum.IntEnum):
     PERSIST = 2  # zero-window probe (ICSK_TIME_PROBE0), RFC 9293 3.8.6.1
     KEEPALIVE = 3  # RFC 1122 4.2.3.6 (also Linux's FIN_WAIT_2 timeout for orphaned sockets)
     TIME_WAIT = 4  # 2*MSL, RFC 9293 3.6
+    LOSS_PROBE = 5  # RFC 8985 tail loss probe, PTO (ICSK_TIME_LOSS_PROBE)
+    REO_TIMEOUT = 6  # RFC 8985 RACK reordering timer (ICSK_TIME_REO_TIMEOUT)
 
 
 _KINDS = tuple(TimerKind)

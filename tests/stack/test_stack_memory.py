@@ -125,3 +125,33 @@ async def test_connections_lists_state_and_info(autojump_clock: trio.abc.Clock) 
             await client.aclose()
             await server.aclose()
             await listener.aclose()
+
+
+async def test_a_packet_that_breaks_processing_does_not_stop_the_stack(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tcpstack.stack import StackCore
+
+    calls = {"n": 0}
+    real_dispatch = StackCore._dispatch
+
+    def flaky(self: StackCore, seg: object, now: float) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated bug")
+        real_dispatch(self, seg, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StackCore, "_dispatch", flaky)
+    async with MemoryNetwork(seed=1) as net:
+        link_a, link_b = net.attach(A), net.attach(B)
+        async with open_stack(link_a, seed=1) as sa, open_stack(link_b, seed=2) as sb:
+            listener = await sb.open_tcp_listener(7)
+            # The first SYN hits the simulated bug and is dropped; the SYN retransmission gets in.
+            client = await sa.open_tcp_stream(B, 7)
+            server = await listener.accept()
+            await client.send_all(b"still alive")
+            assert await server.receive_some(100) == b"still alive"
+            assert sa.stats.internal_errors + sb.stats.internal_errors == 1
+            await client.aclose()
+            await server.aclose()
+            await listener.aclose()

@@ -14,7 +14,8 @@ inbound TS values are literal. ``<...>`` skips the option check; a window is che
 the line gives one. Time advances to each line, firing the engine's timers on the way, and every
 emitted segment is timestamped: an expect line must match the next emitted segment *and* its
 emission time (within ``tolerance``). Calls: ``write N``, ``read N [= M]``, ``close``,
-``shutdown_wr``, ``shutdown_rd``, ``abort``, ``connect``, ``none`` (nothing pending may remain).
+``shutdown_wr``, ``shutdown_rd``, ``abort``, ``socket``, ``connect``, ``setopt k=v ...``,
+``none`` (nothing pending may remain).
 
 ``VirtualNetwork``: two engines joined by a seeded lossy/reordering/duplicating/delaying
 channel (property tests). ``Bottleneck``: a rate-limited drop-tail link with propagation delay
@@ -63,6 +64,15 @@ _PKT = re.compile(
 
 class ScriptError(AssertionError):
     pass
+
+
+def _literal(text: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(text, text)
 
 
 def parse_flags(text: str) -> TcpFlags:
@@ -284,9 +294,13 @@ class Script:
         words = text.split()
         name = words[0]
         conn = self.conn
-        if name == "connect":
+        if name == "socket":  # a connection to configure (setopt) before ``connect``
             self.conn = Connection(LOCAL, REMOTE, iss=self.iss, options=self.options)
-            self.conn.open_active(self.now)
+            return
+        if name == "connect":
+            if conn is None:
+                self.conn = Connection(LOCAL, REMOTE, iss=self.iss, options=self.options)
+            self.c.open_active(self.now)
             return
         if name == "none":
             if self.out:
@@ -312,6 +326,13 @@ class Script:
             conn.shutdown_read()
         elif name == "abort":
             conn.abort()
+        elif name == "setopt":
+            # setopt nodelay=1 congestion=newreno user_timeout=0.5 (ints, floats or words)
+            changes: dict[str, Any] = {}
+            for item in words[1:]:
+                key, _, value = item.partition("=")
+                changes[key] = _literal(value)
+            conn.set_options(**changes)
         else:
             raise ScriptError(f"unknown call {text!r}")
 
@@ -336,6 +357,7 @@ class Impairments:
     delay: float = 0.01  # one-way base delay, seconds
     jitter: float = 0.0
     ce: float = 0.0  # probability that an ECT packet is marked CE (RFC 3168 router)
+    outages: tuple[tuple[float, float], ...] = ()  # [start, end) intervals dropping everything
 
 
 class VirtualNetwork:
@@ -373,6 +395,8 @@ class VirtualNetwork:
         imp = self.imp
         self.sent += 1
         if self.rng.random() < imp.loss:
+            return
+        if any(lo <= self.now < hi for lo, hi in imp.outages):
             return
         if seg.ecn in (1, 2) and self.rng.random() < imp.ce:
             seg = attrs.evolve(seg, tos=(seg.tos & ~3) | 3)

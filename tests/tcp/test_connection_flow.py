@@ -187,6 +187,31 @@ def test_mss_follows_path_mtu() -> None:
     """)
 
 
+def test_pmtu_drop_resends_in_flight_data_at_the_new_mss() -> None:
+    # Linux tcp_simple_retransmit: the 1000-byte segments in flight cannot cross a 576-byte
+    # link; they go again at once, cut to 536 bytes, without a congestion response.
+    s = Script().run(PASSIVE + """
+    +0  write 2000
+    +0  > P. 1:2001(2000) ack 1
+    """)
+    c = s.c
+    cwnd, ssthresh = c.cc.cwnd, c.cc.ssthresh
+    s.advance(s.now + 0.01)
+    c.on_icmp(IcmpMessage("10.0.0.254", "192.168.0.1", 3, 4, next_hop_mtu=576), s.now)
+    s._poll()  # the stack polls after every input
+    s.run("""
+    +0   > . 1:537(536) ack 1
+    +0   > . 537:1001(464) ack 1
+    +0   > . 1001:1537(536) ack 1
+    +0   > P. 1537:2001(464) ack 1
+    """)
+    assert c.ca_state is CaState.LOSS and c.cc.ssthresh == ssthresh
+    assert c.cc.cwnd == cwnd * 536 // 1000  # the same number of segments
+    s.run("+.1 < . 1:1(0) ack 2001 win 512")
+    info = c.info(s.now)
+    assert c.ca_state is CaState.OPEN and info.total_rto == 0 and info.total_rto_time == 0
+
+
 @pytest.mark.parametrize(
     ("buffer", "scale"),
     [(None, 7), (65535, 0), (65536, 1), (6 * 1024 * 1024, 7), (15 * 1024 * 1024, 8), (1 << 30, 14)],
@@ -197,6 +222,27 @@ def test_window_scale_sized_to_receive_buffer(buffer: int | None, scale: int) ->
     c.open_active(0.0)
     syn = c.poll_transmit(0.0)[0]
     assert syn.options.wscale == scale
+
+
+@pytest.mark.parametrize(("profile", "rmem_max", "scale"),
+                         [("linux", None, 7), ("freebsd", None, 6), ("linux", 15 << 20, 8),
+                          ("linux", 0, 2)])
+def test_window_scale_follows_the_profiles_receive_buffer_max(
+    profile: str, rmem_max: int | None, scale: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Linux sizes the scale for tcp_rmem[2] (6 MiB), FreeBSD for kern.ipc.maxsockbuf (2 MiB);
+    # a profile with another maximum (defaults.sh's 15 MiB) or none (the 131072 B buffer) too.
+    import attrs  # noqa: PLC0415
+
+    from tcpstack.tcp import config  # noqa: PLC0415
+
+    if rmem_max is not None:
+        monkeypatch.setitem(config.PROFILES, profile,
+                            attrs.evolve(config.PROFILES[profile], receive_buffer_max=rmem_max))
+    c = Connection(("10.0.0.1", 1), ("10.0.0.2", 2), iss=1,
+                   options=ConnectionOptions(profile=profile))
+    c.open_active(0.0)
+    assert c.poll_transmit(0.0)[0].options.wscale == scale
 
 
 def test_window_scaling_applies_to_both_directions() -> None:
@@ -273,3 +319,20 @@ def test_send_is_bounded_by_send_buffer() -> None:
     c = s.c
     assert c.send(bytes(8000)) == 5000
     assert c.send_space == 0 and c.send(b"x") == 0
+
+
+def test_cwnd_restarts_after_idle_when_new_data_is_queued() -> None:
+    # RFC 5681 4.1 / Linux tcp_slow_start_after_idle (profile cwnd_validation): cwnd grew to 20;
+    # after an idle period longer than the RTO, newly written data goes out under IW10 again.
+    s = Script(options=ConnectionOptions(send_buffer=1 << 20)).run(PASSIVE + """
+    +0  write 10000
+    +0  > P. 1:10001(10000) ack 1
+    +.1 < . 1:1(0) ack 10001 win 512
+    """)
+    assert s.c.cc.cwnd == 20 * 1000
+    s.run("""
+    +1  write 30000
+    +0  > P. 10001:20001(10000) ack 1
+    +0  none
+    """)
+    assert s.c.cc.cwnd == 10 * 1000

@@ -31,8 +31,9 @@ PASSIVE_NOSACK = """
 
 
 def test_rto_from_handshake_rtt_with_exponential_backoff() -> None:
+    # Without SACK there is no tail loss probe (see test_rack_tlp.py), so the RTO fires.
     # SYN-ACK RTT 100 ms -> Linux RTO = srtt + max(4*rttvar, 200 ms) = 300 ms; then doubling.
-    s = Script().run(PASSIVE + """
+    s = Script().run(PASSIVE_NOSACK + """
     +.1 write 1000
     +0  > P. 1:1001(1000) ack 1
     +.3 > P. 1:1001(1000) ack 1
@@ -65,7 +66,7 @@ def test_min_rto_is_200ms_for_linux() -> None:
 
 
 def test_rto_is_capped_at_120s() -> None:
-    s = Script().run(PASSIVE + "+.1 write 100\n+0 > P. 1:101(100) ack 1")
+    s = Script().run(PASSIVE_NOSACK + "+.1 write 100\n+0 > P. 1:101(100) ack 1")
     gaps = []
     last = s.now
     for _ in range(11):
@@ -116,7 +117,7 @@ def test_synack_retransmission() -> None:
 
 
 def test_user_timeout_aborts_unacknowledged_data() -> None:
-    s = Script(options=ConnectionOptions(user_timeout=2.0)).run(PASSIVE + """
+    s = Script(options=ConnectionOptions(user_timeout=2.0)).run(PASSIVE_NOSACK + """
     +.1 write 100
     +0  > P. 1:101(100) ack 1
     +.3 > P. 1:101(100) ack 1
@@ -230,7 +231,7 @@ def test_dsack_from_peer_counts_dsack_dups() -> None:
 
 
 def test_rto_retransmits_in_order_after_timeout() -> None:
-    s = Script().run(PASSIVE + """
+    s = Script().run(PASSIVE_NOSACK + """
     +.1 write 3000
     +0  > P. 1:3001(3000) ack 1
     +.3 > . 1:1001(1000) ack 1

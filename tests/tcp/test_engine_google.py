@@ -363,8 +363,289 @@ def test_shutdown_rdwr_with_queued_data_fin_after_data() -> None:
     +0   shutdown_wr
     +0   > F. 10001:10001(0) ack 1
     +.01 close
-    +.02 < . 1:1(0) ack 10002 win 257
+    // TLP (RFC 8985) 2*RTT + 2 ms after the FIN was sent; the script allows 10-15 ms here
+    +.012 > F. 10001:10001(0) ack 1
+    +.008 < . 1:1(0) ack 10002 win 257
     +.01 < F. 1:1(0) ack 10002 win 257
     +0   > . 10002:10002(0) ack 2
     """)
     assert s.c.state is TcpState.TIME_WAIT
+    assert s.c.loss_probes == 1
+
+
+# -- the remaining scripts of the corpus ------------------------------------------------------
+
+
+def test_blocking_write_backpressure_and_wakeup_by_acks() -> None:
+    # blocking/blocking-write.pkt. SO_SNDBUF 21000 is doubled by the kernel to 42000 (the socket
+    # layer's job); the engine takes the 42000 bytes. The write of 61000 blocks: the engine
+    # accepts what fits and each ACK frees room. Linux wakes the writer at ACK 36001 rather than
+    # 35001 because it counts skb truesize against sk_sndbuf and wakes at a third free
+    # (sk_stream_write_space); that accounting belongs to the socket layer, not to TCP.
+    s = script().run("""
+    +.1 < S 0:0(0) win 50000 <mss 1000,nop,wscale 0>
+    +0  > S. 0:0(0) ack 1 <mss 1460,nop,wscale 8>
+    +.1 < . 1:1(0) ack 1 win 50000
+    +0  setopt send_buffer=42000
+    +0  write 61000 = 42000
+    +0  > P. 1:10001(10000) ack 1
+    +.1 < . 1:1(0) ack 10001 win 50000
+    +0  > P. 10001:30001(20000) ack 1
+    +0  write 19000 = 10000
+    +.1 < . 1:1(0) ack 30001 win 50000
+    +0  > P. 30001:52001(22000) ack 1
+    +0  write 9000 = 9000
+    """)
+    assert s.c.send_space == 42000 - (61000 - 30001 + 1)
+
+
+def test_mss_setsockopt_client() -> None:
+    # mss/mss-setsockopt-tcp_maxseg-client.pkt: TCP_MAXSEG 1100 before connect() is advertised
+    # and clamps what we send; IW10 is then 10 * 1100 bytes.
+    s = script().run("""
+    +0   socket
+    +.01 setopt mss=1100
+    +.09 connect
+    +0   > S 0:0(0) <mss 1100,sackOK,TS val 100 ecr 0,nop,wscale 8>
+    +.1  < S. 0:0(0) ack 1 win 32792 <mss 1460,nop,wscale 7>
+    +0   > . 1:1(0) ack 1
+    +.2  write 12000
+    +0   > P. 1:11001(11000) ack 1
+    """)
+    info = s.c.info(s.now)
+    assert info.advmss == 1100 and info.snd_mss == 1100
+
+
+def test_sack_shift_rack_marks_lost_by_time() -> None:
+    # sack/sack-shift-sacked-2-6-8-3-9-nofack.pkt, with its tcp_info assertions. On the third
+    # SACK, RACK (RFC 8985; reordering window 0 once `reordering` segments are SACKed and no
+    # reordering was seen) marks every unSACKed segment sent before 8001:9001 lost: 6, where
+    # RFC 6675's IsLost would say 2.
+    s = script().run("""
+    +0    < S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+    +0    > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+    +.1   < . 1:1(0) ack 1 win 1024
+    +0    write 10000
+    +0    > P. 1:10001(10000) ack 1
+    +.1   < . 1:1(0) ack 1 win 257 <sack 2001:3001,nop,nop>
+    +.001 < . 1:1(0) ack 1 win 257 <sack 2001:3001 6001:7001,nop,nop>
+    +.001 < . 1:1(0) ack 1 win 257 <sack 2001:3001 6001:7001 8001:9001,nop,nop>
+    +0    > . 1:1001(1000) ack 1
+    """)
+    info = s.c.info(s.now)
+    assert info.ca_state == CaState.RECOVERY and info.lost == 6
+    s.run("""
+    +.007 < . 1:1(0) ack 1 win 257 <sack 2001:4001 6001:7001 8001:9001,nop,nop>
+    +0    > . 1001:2001(1000) ack 1
+    """)
+    info = s.c.info(s.now)
+    assert info.lost == 5 and info.reordering == 6  # 8001:9001 -> 3001:4001 is 6 segments
+    s.run("+.01 < . 1:1(0) ack 1 win 257 <sack 2001:4001 6001:7001 8001:10001,nop,nop>")
+    assert s.c.info(s.now).lost == 5
+    s.run("+.083 < . 1:1(0) ack 1001 win 257 <sack 2001:4001 6001:7001 8001:10001,nop,nop>")
+    assert s.c.info(s.now).lost == 4
+    s.run("+.017 < . 1:1(0) ack 4001 win 257 <sack 6001:7001 8001:10001,nop,nop>")
+    assert s.c.info(s.now).lost == 3
+    s.run("""
+    +.01 < . 1:1(0) ack 7001 win 257 <sack 8001:10001,nop,nop>
+    +.1  < . 1:1(0) ack 10001 win 257
+    """)
+    info = s.c.info(s.now)
+    assert info.ca_state == CaState.OPEN
+    assert (info.unacked, info.sacked, info.lost, info.retrans) == (0, 0, 0, 0)
+
+
+def test_sack_shift_freebsd_profile_is_rfc6675() -> None:
+    # The same SACK pattern under the freebsd profile (no RACK): IsLost needs DupThresh SACKed
+    # segments above, so only 1:2001 is lost.
+    s = Script(options=ConnectionOptions(profile="freebsd")).run("""
+    +0    < S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+    +0    > S. 0:0(0) ack 1 <...>
+    +.1   < . 1:1(0) ack 1 win 1024
+    +0    write 10000
+    +0    > P. 1:10001(10000) ack 1
+    +.1   < . 1:1(0) ack 1 win 257 <sack 2001:3001 6001:7001 8001:9001,nop,nop>
+    +0    > . 1:1001(1000) ack 1
+    """)
+    assert s.c.info(s.now).lost == 2
+
+
+def test_shutdown_rd_close() -> None:
+    # shutdown/shutdown-rd-close.pkt (Linux SHUT_RD only marks the socket: no engine call)
+    s = script().run("""
+    +0   < S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+    +0   > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+    +0   < . 1:1(0) ack 1 win 257
+    +.01 read 1000 = 0
+    +.01 write 1000
+    +0   > P. 1:1001(1000) ack 1
+    +0   < . 1:1(0) ack 1001 win 257
+    +.01 close
+    +0   > F. 1001:1001(0) ack 1
+    +0   < . 1:1(0) ack 1002 win 257
+    +.01 < F. 1:1(0) ack 1002 win 257
+    +0   > . 1002:1002(0) ack 2
+    """)
+    assert s.c.state is TcpState.TIME_WAIT
+
+
+def test_shutdown_rd_wr_close_data_after_shut_rd_is_still_read() -> None:
+    # shutdown/shutdown-rd-wr-close.pkt: on Linux, data arriving after SHUT_RD is queued, ACKed
+    # and readable (so the socket layer does not call Connection.shutdown_read for linux).
+    s = script().run("""
+    +0   < S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+    +0   > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+    +0   < . 1:1(0) ack 1 win 257
+    +.01 read 1000 = 0
+    +0   < . 1:1001(1000) ack 1 win 257
+    +0   > . 1:1(0) ack 1001
+    +0   read 1000 = 1000
+    +.01 write 1000
+    +0   > P. 1:1001(1000) ack 1001
+    +0   < . 1001:1001(0) ack 1001 win 257
+    +.01 shutdown_wr
+    +0   > F. 1001:1001(0) ack 1001
+    +0   < . 1001:1001(0) ack 1002 win 257
+    +.01 close
+    +.01 < F. 1001:1001(0) ack 1002 win 257
+    +0   > . 1002:1002(0) ack 1002
+    """)
+    assert s.c.state is TcpState.TIME_WAIT
+    with pytest.raises(BrokenPipeError):
+        s.c.send(b"x")
+
+
+def test_shutdown_rdwr_close() -> None:
+    # shutdown/shutdown-rdwr-close.pkt
+    s = script().run("""
+    +0   < S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+    +0   > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+    +0   < . 1:1(0) ack 1 win 257
+    +.01 shutdown_wr
+    +0   > F. 1:1(0) ack 1
+    +0   < . 1:1(0) ack 2 win 257
+    +0   read 1000 = 0
+    +.01 close
+    +.01 < F. 1:1(0) ack 2 win 257
+    +0   > . 2:2(0) ack 2
+    """)
+    assert s.c.state is TcpState.TIME_WAIT
+
+
+def test_shutdown_rdwr_send_queue_ack_close_tail_loss_probe() -> None:
+    # shutdown/shutdown-rdwr-send-queue-ack-close.pkt: the TLP sends new data (ignoring cwnd)
+    # 2*SRTT + 2 ms after the last transmission; the FIN then rides on the last data.
+    s = script().run("""
+    +0    < S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+    +0    > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+    +.001 < . 1:1(0) ack 1 win 257
+    +.01  write 20000
+    +0    > P. 1:10001(10000) ack 1
+    +0    shutdown_wr
+    +.001 < . 1:1(0) ack 1001 win 257
+    +0    > P. 10001:12001(2000) ack 1
+    +.004 > . 12001:13001(1000) ack 1
+    +0    read 1000 = 0
+    +.01  close
+    +.01  < . 1:1(0) ack 13001 win 257
+    +0    > FP. 13001:20001(7000) ack 1
+    +0    < . 1:1(0) ack 20002 win 257
+    +.01  < F. 1:1(0) ack 20002 win 257
+    +0    > . 20002:20002(0) ack 2
+    """)
+    assert s.c.state is TcpState.TIME_WAIT and s.c.loss_probes == 1
+
+
+def test_slow_start_after_win_update_uncapped_growth() -> None:
+    # slow_start/slow-start-after-win-update.pkt: Linux slow start counts every ACKed segment
+    # (no RFC 3465 L cap): a stretch ACK of 16 segments takes cwnd 20 -> 36. The queued data
+    # waits on the zero window without an idle restart (Linux checks idleness when data is
+    # queued, not while it waits), so cwnd stays 36 through the probes.
+    s = script().run("""
+    +0  < S 0:0(0) win 65535 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+    +0  > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>
+    +.1 < . 1:1(0) ack 1 win 511
+    +0  setopt send_buffer=200000
+    +0  write 26000
+    +0  > P. 1:10001(10000) ack 1
+    """)
+    assert s.c.info(s.now).snd_cwnd == 10
+    s.run("+.1 < . 1:1(0) ack 10001 win 511")
+    assert s.c.info(s.now).snd_cwnd == 20
+    s.run("""
+    +0  > P. 10001:26001(16000) ack 1
+    +.1 < . 1:1(0) ack 26001 win 0
+    """)
+    assert s.c.info(s.now).snd_cwnd == 36
+    s.run("""
+    +0   write 20000
+    +.3  > . 26000:26000(0) ack 1
+    """)
+    assert s.c.info(s.now).snd_cwnd == 36
+    s.run("+.6 > . 26000:26000(0) ack 1")
+    assert s.c.info(s.now).snd_cwnd == 36
+    s.run("+1.2 > . 26000:26000(0) ack 1")
+    assert s.c.info(s.now).snd_cwnd == 36
+    s.run("""
+    +.9 < . 1:1(0) ack 26001 win 511
+    +0  > P. 26001:31001(5000) ack 1
+    """)
+
+
+def test_slow_start_freebsd_caps_growth_per_ack() -> None:
+    # The same stretch ACK under freebsd (net.inet.tcp.abc_l_var = 2): at most 2 MSS per ACK.
+    s = Script(options=ConnectionOptions(profile="freebsd", send_buffer=200000)).run("""
+    +0  < S 0:0(0) win 65535 <mss 1000,sackOK,nop,nop,nop,wscale 7>
+    +0  > S. 0:0(0) ack 1 <...>
+    +.1 < . 1:1(0) ack 1 win 511
+    +0  write 26000
+    +0  > P. 1:10001(10000) ack 1
+    +.1 < . 1:1(0) ack 10001 win 511
+    """)
+    assert s.c.cc.cwnd == 12 * 1000
+
+
+def test_user_timeout_orphan_fin_probe_then_rtos() -> None:
+    # user_timeout/user_timeout.pkt: after close() the FIN is probed once (TLP, capped by the
+    # RTO at 2.4 s), then the RTO restarted by the probe fires at 2.7 s and backs off to 3.3 s;
+    # data arriving for the closed socket draws a RST.
+    s = script(window_scaling=False).run("""
+    +0  < S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop>
+    +0  > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK>
+    +.1 < . 1:1(0) ack 1 win 32792
+    +2  setopt user_timeout=3
+    +0  close
+    +0  > F. 1:1(0) ack 1
+    +.3 > F. 1:1(0) ack 1
+    +.3 > F. 1:1(0) ack 1
+    +.6 > F. 1:1(0) ack 1
+    +0  < . 1:2(1) ack 1 win 32792
+    +0  > R 1:1(0)
+    """)
+    assert s.c.state is TcpState.CLOSED and s.c.loss_probes == 1
+
+
+def test_user_timeout_probe_without_sack_times_out() -> None:
+    # user_timeout/user-timeout-probe.pkt drops every packet in the local qdisc, so Linux retries
+    # every TCP_RESOURCE_PROBE_INTERVAL (500 ms, tcpi_probes counts them, no backoff): a
+    # local-congestion path the engine cannot see (the stack owns the link). What the engine
+    # shows is the rest: no SACK, so no TLP; the unacknowledged write is aborted with
+    # ETIMEDOUT once TCP_USER_TIMEOUT (3 s) has passed since it was first sent.
+    s = script().run("""
+    +0  < S 0:0(0) win 0 <mss 1460>
+    +0  > S. 0:0(0) ack 1 <mss 1460>
+    +.1 < . 1:1(0) ack 1 win 65530
+    +0  setopt user_timeout=3
+    +0  write 24
+    +0  > P. 1:25(24) ack 1
+    +.1 < . 1:1(0) ack 25 win 65530
+    +0  write 24
+    +0  > P. 25:49(24) ack 1
+    """)
+    info = s.c.info(s.now)
+    assert info.probes == 0 and info.backoff == 0
+    s.advance(3.19)
+    assert s.c.state is TcpState.ESTABLISHED and s.c.loss_probes == 0
+    s.advance(3.21)  # 3 s after the second write was first sent (at 0.2 s)
+    assert s.c.state is TcpState.CLOSED
+    assert isinstance(s.c.error_exception(), TimeoutError)

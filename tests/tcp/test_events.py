@@ -17,6 +17,8 @@ SAMPLES: list[ev.Event] = [
     ev.RecoveryEntered(4.0, 7, 14600, 10220, "dupacks"),
     ev.RecoveryExited(5.0, 7, 10220, 10220),
     ev.LossDetected(5.5, 7, 3, True),
+    ev.LossProbeSent(5.6, 7, 9000, 10000, True),
+    ev.UndoneReduction(5.7, 7, 14600, 20000, "dsack"),
     ev.ZeroWindowSeen(6.0, 7),
     ev.ZeroWindowCleared(6.5, 7),
     ev.ResetReceived(7.0, 7, "in-window"),

@@ -1,0 +1,103 @@
+"""Connection establishment: our SYN / SYN-ACK, the options the peer's SYN negotiates, the send
+MSS, and the move to ESTABLISHED. A mixin of
+:class:`tcpstack.tcp.connection.Connection`."""
+
+from __future__ import annotations
+
+from tcpstack.tcp.state import TcpState
+from tcpstack.tcp.timeouts import TimeoutMixin
+from tcpstack.tcp.timers import TimerKind
+from tcpstack.wire.segment import TcpFlags, TcpOptions, TcpSegment, Timestamps
+
+__all__ = ["HandshakeMixin", "TCP_MIN_SND_MSS"]
+
+_ACK = TcpFlags.ACK
+_SYN = TcpFlags.SYN
+TCP_MIN_SND_MSS = 48  # Linux: the smallest MSS we will send with, whatever the peer says
+
+
+class HandshakeMixin(TimeoutMixin):
+    """SYN handling of :class:`tcpstack.tcp.connection.Connection`."""
+
+    def _build_syn(self, now: float) -> TcpSegment:
+        opts = self.opts
+        self.syn_pending = False
+        if self.state is TcpState.SYN_SENT:
+            flags = _SYN
+            sack, ts, wscale = opts.sack, opts.timestamps, opts.window_scaling
+            if opts.ecn:
+                flags |= TcpFlags.ECE | TcpFlags.CWR  # RFC 3168 6.1.1: ECN-setup SYN
+        else:
+            flags = _SYN | _ACK
+            sack, ts, wscale = self.sack_ok, self.ts_ok, self.wscale_ok
+            if self.ecn_ok:
+                flags |= TcpFlags.ECE  # ECN-setup SYN-ACK
+        options = TcpOptions(
+            mss=self.advmss,
+            wscale=self.rcv_wscale_offer if wscale else None,
+            sack_permitted=sack,
+            timestamps=Timestamps(self._tsval(now), self.ts_recent if ts and self.passive else 0)
+            if ts else None,
+            layout=self.profile.syn_layout(mss=True, sack=sack, ts=ts, wscale=wscale),
+        )
+        seg = self._emit(self.iss, flags, now, options=options)
+        retransmit = self.snd_nxt > self.iss
+        self.sb.on_sent(self.iss, self.iss + 1, now, retransmit=retransmit, rate=self.rate,
+                        syn=True)
+        self.snd_nxt = self.iss + 1
+        if self.retrans_stamp is None:
+            self.retrans_stamp = now
+        self.timers.set(TimerKind.RETRANSMIT, now + self.rtt.rto)
+        return seg
+
+    def _learn_syn_options(self, syn: TcpSegment, now: float) -> None:
+        o = syn.options
+        opts = self.opts
+        self.peer_mss = o.mss if o.mss else 536
+        self.wscale_ok = opts.window_scaling and o.wscale is not None
+        if self.wscale_ok and o.wscale is not None:
+            self.snd_wscale = min(o.wscale, 14)  # RFC 7323 2.3: larger shifts are treated as 14
+            self.rcv.rcv_wscale = self.rcv_wscale_offer
+        else:
+            self.snd_wscale = 0
+            self.rcv.rcv_wscale = 0
+        self.sack_ok = opts.sack and o.sack_permitted
+        self.ts_ok = opts.timestamps and o.timestamps is not None
+        if self.ts_ok and o.timestamps is not None:
+            self.ts_recent = o.timestamps.tsval
+            self.ts_recent_stamp = now
+        if self.passive:
+            self.ecn_ok = opts.ecn and bool(syn.flags & TcpFlags.ECE) and bool(
+                syn.flags & TcpFlags.CWR)
+        else:
+            self.ecn_ok = opts.ecn and bool(syn.flags & TcpFlags.ECE) and not bool(
+                syn.flags & TcpFlags.CWR)
+        self._sync_mss()
+
+    def _sync_mss(self) -> None:
+        """The send MSS: peer's MSS, our own clamp and the path MTU, less the TS option
+        (Linux mss_cache, tcpi_snd_mss)."""
+        mss = min(self.peer_mss, self.advmss, self.pmtu - 40)
+        if self.ts_ok:
+            mss -= 12
+        mss = max(mss, TCP_MIN_SND_MSS)
+        if mss != self.mss_cache:
+            self.mss_cache = mss
+            self.cc.set_mss(mss)
+
+    def _established(self, now: float) -> None:
+        syn_retransmitted = self.retransmits > 0
+        self.timers.cancel(TimerKind.RETRANSMIT)
+        self.retransmits = 0
+        self.retrans_stamp = None
+        self.rtt.reset_backoff()
+        if syn_retransmitted:
+            # RFC 5681 3.1: after a lost SYN or SYN-ACK the initial window is one segment.
+            self.cc.cwnd = self.mss_cache
+        self.cwnd_usage_seq = self.snd_nxt
+        self._set_state(TcpState.ESTABLISHED, now)
+        if self.shut_wr:
+            self._set_state(TcpState.FIN_WAIT_1, now)
+        ka = self.opts.keepalive
+        if ka.enabled:
+            self.timers.set(TimerKind.KEEPALIVE, now + ka.idle)
