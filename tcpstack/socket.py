@@ -645,11 +645,10 @@ class SocketType:
     def _reported_rcvbuf(self, options: ConnectionOptions) -> int:
         size = options.resolve().receive_buffer
         conn = self._conn
-        if options.profile == "freebsd" and conn is not None and conn.state in _SYNCHRONIZED:
-            # FreeBSD tcp_mss(): once the MSS is known the buffer is rounded up to a multiple.
-            mss = min(conn.peer_mss, conn.advmss)
-            if size > mss:
-                size = -(-size // mss) * mss
+        if options.profile == "freebsd" and conn is not None:
+            # FreeBSD tcp_mss(): once the MSS is known the engine rounds the buffer up to whole
+            # segments; so_rcv.sb_hiwat is what SO_RCVBUF reports.
+            return max(size, conn.rcv.capacity)
         return size
 
     @property

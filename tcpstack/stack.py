@@ -36,7 +36,7 @@ from tcpstack.activity import Activity, ActivityMeter, ActivityReport
 from tcpstack.isn import IsnGenerator, SynCookies
 from tcpstack.links.base import Link
 from tcpstack.tcp import Connection
-from tcpstack.tcp.config import ConnectionOptions
+from tcpstack.tcp.config import ConnectionOptions, SynFinPolicy, get_profile
 from tcpstack.tcp.info import TCPInfo
 from tcpstack.tcp.seq import unwrap
 from tcpstack.tcp.state import TcpState
@@ -102,6 +102,7 @@ class StackStats:
     # A packet whose processing raised: a bug in the stack, never a reason to stop serving the
     # other connections. Counted and logged (at most once a second), the packet dropped.
     internal_errors: int = 0
+    synfin_dropped: int = 0  # SYN|FIN at a listener, dropped as the profile says
 
 
 @attrs.frozen(slots=True)
@@ -461,6 +462,15 @@ class StackCore:
         if listener is not None:
             flags = seg.flags & (_SYN | _ACK | _RST)
             if flags == _SYN:
+                if seg.flags & _FIN:
+                    # SYN|FIN at a listener: Linux always drops it; FreeBSD drops it when
+                    # net.inet.tcp.drop_synfin=1 and otherwise takes the SYN, ignoring the FIN
+                    # (the SYN-ACK acknowledges only the SYN).
+                    policy = get_profile(listener.options.profile).synfin_policy
+                    if policy is not SynFinPolicy.IGNORE_FIN:
+                        self.stats.synfin_dropped += 1
+                        return
+                    seg = attrs.evolve(seg, flags=seg.flags & ~_FIN)
                 self._listen_syn(listener, seg, key, now)
                 return
             if flags == _ACK and self.syncookies and (

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from tcpstack.tcp.config import PROFILES, ConnectionOptions, Profile, get_profile
+from tcpstack.tcp.config import PROFILES, ConnectionOptions, Profile, SynFinPolicy, get_profile
 
 __all__ = ["Unsupported", "HostConfig", "GOOGLE_DEFAULTS", "split_sysctls"]
 
@@ -75,7 +75,6 @@ _NOT_MODELLED = {
     "net.ipv4.tcp_fastopen_key": "no TCP fast open",
     "net.ipv4.tcp_syncookies": "SYN cookies are the stack's business",
     "net.inet.tcp.hostcache.purgenow": "no host cache",
-    "net.inet.tcp.ecn.maxretries": "ECN SYN retries are not modelled",
 }
 
 # Values that are what the engine always does: name -> accepted values.
@@ -84,8 +83,6 @@ _FIXED = {
     "net.inet.tcp.blackhole": {"0"},
     "net.inet.tcp.icmp_may_rst": {"1"},
     "net.inet.tcp.rexmit_drop_options": {"0"},
-    "net.inet.tcp.insecure_syn": {"0"},
-    "net.inet.tcp.drop_synfin": {"0"},
 }
 
 _PROFILE_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -95,6 +92,7 @@ _PROFILE_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "net.inet.tcp.delacktime": ("delayed_ack_timeout", lambda v: int(v) / 1000.0),
     "net.inet.tcp.rexmit_slop": ("rto_slop", lambda v: int(v) / 1000.0),
     "net.inet.tcp.keepinit": ("connect_timeout", lambda v: int(v) / 1000.0),
+    "net.inet.tcp.ecn.maxretries": ("ecn_syn_retries", int),
 }
 
 _SYSCTL_ASSIGN = re.compile(r"^([A-Za-z0-9_.]+)=(.*)$")
@@ -221,6 +219,11 @@ class HostConfig:
             opts["initial_rto"] = int(value) / 1000.0
         elif name == "net.inet.tcp.insecure_rst":
             opts["insecure_rst"] = int(value) != 0
+        elif name == "net.inet.tcp.insecure_syn":
+            opts["insecure_syn"] = int(value) != 0
+        elif name == "net.inet.tcp.drop_synfin":
+            policy = SynFinPolicy.DROP if int(value) != 0 else SynFinPolicy.IGNORE_FIN
+            self._profile_field("synfin_policy", policy)
         else:
             raise Unsupported(f"unknown sysctl {name}")
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import errno as _errno
 import math
 import os
 import re
@@ -407,7 +408,7 @@ class _Run:
                              f"{_time_text(blocking_end)} s"))
                 return
             want = call.result.value if isinstance(call.result, IntExpr) else None
-            if want is not None and (result != want or err != call.errno):
+            if want is not None and (result != want or _errno_code(err) != _errno_code(call.errno)):
                 got = f"{result}" + (f" {err}" if err else "")
                 exp = f"{want}" + (f" {call.errno}" if call.errno else "")
                 self.failures.append(_Fail(ev.line, f"{call.name}() = {got}, expected {exp}"))
@@ -513,6 +514,14 @@ class _Run:
                 raise _Fail(ev.line, f"python block raised {type(exc).__name__}: {exc}") from None
 
 
+def _errno_code(name: str | None) -> int | str | None:
+    """Compare errnos by number: EWOULDBLOCK and EAGAIN are one code on Linux and FreeBSD."""
+    if name is None:
+        return None
+    code = getattr(_errno, name, None)
+    return code if isinstance(code, int) else name
+
+
 _SAFE_BUILTINS: dict[str, Any] = {
     name: getattr(__builtins__, name, None) if not isinstance(__builtins__, dict) else __builtins__.get(name)
     for name in ("abs", "min", "max", "len", "int", "float", "bool", "round", "sum", "print", "range")
@@ -531,6 +540,10 @@ def _info_namespace(info: TCPInfo) -> dict[str, Any]:
     for opt in TcpiOption:
         if opt.name:
             ns[f"TCPI_OPT_{opt.name}"] = int(opt)
+    # State names as the nplab scripts spell them (TCPI_ESTABLISHED ...), valued in the same
+    # (Linux) numbering as tcpi_state so comparisons hold.
+    for state in TcpState:
+        ns[f"TCPI_{state.name}"] = state.linux_code
     return ns
 
 

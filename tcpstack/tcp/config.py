@@ -22,6 +22,7 @@ from tcpstack.wire.segment import OptionKind
 
 __all__ = [
     "OptionWriter",
+    "SynFinPolicy",
     "Profile",
     "LINUX",
     "FREEBSD",
@@ -63,6 +64,20 @@ class OptionWriter(enum.Enum):
 
     LINUX = "linux"  # net/ipv4/tcp_output.c tcp_options_write(): 32-bit words, NOP padded
     FREEBSD = "freebsd"  # sys/netinet/tcp_output.c tcp_addoptions(): per-option alignment, EOL tail
+
+
+class SynFinPolicy(enum.Enum):
+    """What a segment with both SYN and FIN does to a listener or a SYN-SENT connection (RFC 9293
+    leaves it open; scanners use it to fingerprint stacks)."""
+
+    # Linux tcp_rcv_state_process(): LISTEN discards it; SYN-SENT takes it as a SYN (simultaneous
+    # open) and the FIN is never processed.
+    DROP_AT_LISTEN = "drop-at-listen"
+    # FreeBSD net.inet.tcp.drop_synfin=0: taken as a SYN everywhere, the FIN ignored (the SYN-ACK
+    # acknowledges only the SYN).
+    IGNORE_FIN = "ignore-fin"
+    # FreeBSD net.inet.tcp.drop_synfin=1: dropped in LISTEN and SYN-SENT.
+    DROP = "drop"
 
 
 def _linux_syn_layout(mss: bool, sack: bool, ts: bool, wscale: bool) -> tuple[int, ...]:
@@ -139,6 +154,11 @@ def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) 
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def _optional_non_negative(inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None:
+        _non_negative(inst, attribute, value)
+
+
 def _optional_positive(inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
     if value is not None:
         _positive(inst, attribute, value)
@@ -190,12 +210,37 @@ class Profile:
     # The largest receive buffer autotuning may reach: the window scale is chosen to cover it
     # (Linux tcp_select_initial_window with tcp_rmem[2]; FreeBSD sb_max_adj). 0: the buffer.
     receive_buffer_max: int = attrs.field(default=0, validator=_non_negative)
+    # Send buffer autotuning (Linux tcp_sndbuf_expand, capped at tcp_wmem[2]): a send buffer the
+    # user did not set grows toward two congestion windows. 0: no send autotuning.
+    send_buffer_max: int = attrs.field(default=0, validator=_non_negative)
+    # Receive buffer autotuning (Linux tcp_moderate_rcvbuf, dynamic right-sizing in
+    # tcp_rcv_space_adjust) up to receive_buffer_max, for buffers the user did not set.
+    moderate_rcvbuf: bool = False
     # RFC 8985 RACK-TLP loss detection and tail loss probes (Linux tcp_recovery=1,
     # tcp_early_retrans=3); off: RFC 6675 DupThresh/IsLost only, no probes.
     rack_tlp: bool = False
     # RFC 3465 L: slow start grows cwnd by at most L*SMSS per ACK; None: by every byte ACKed,
     # as Linux tcp_slow_start does (a stretch ACK may double cwnd).
     abc_limit_segments: int | None = attrs.field(default=2, validator=_optional_positive)
+    # Receive window announcement. Linux (True): the window starts at 64 KiB rounded down to
+    # whole MSS and opens as in-order data arrives (rcv_ssthresh, tcp_grow_window), in steps of
+    # at least min(buffer/2, MSS). FreeBSD (False): tcp_output() announces sbspace(so_rcv), the
+    # free buffer, whenever it sends.
+    window_clamp_growth: bool = True
+    # FreeBSD tcp_mss(): once the MSS is known the receive buffer is rounded up to a whole number
+    # of segments (at most sb_max), so a 65536-byte buffer becomes 45 * 1460 = 65700 bytes.
+    rcvbuf_mss_roundup: bool = False
+    # SYN retransmissions that still carry ECE|CWR (RFC 3168 6.1.1.1 fallback); FreeBSD
+    # net.inet.tcp.ecn.maxretries. None: every retransmission asks for ECN.
+    ecn_syn_retries: int | None = attrs.field(default=None, validator=_optional_non_negative)
+    synfin_policy: SynFinPolicy = SynFinPolicy.DROP_AT_LISTEN
+    # RFC 9293 3.10.7.3: text in a SYN received in SYN-SENT is queued until ESTABLISHED
+    # (FreeBSD keeps it in the reassembly queue); Linux discards it (tcp_rcv_synsent_state_process).
+    queue_syn_text: bool = False
+    # TIME-WAIT as FreeBSD tcp_twcheck(): RSTs ignored (RFC 1337), segments without ACK dropped,
+    # every segment but an exact duplicate ACK answered. Linux (False, tcp_rfc1337=0): a RST
+    # ends TIME-WAIT and in-window bare ACKs are dropped silently (tcp_timewait_state_process).
+    bsd_time_wait: bool = False
 
     def __attrs_post_init__(self) -> None:
         expected = self.syn_layout(mss=True, sack=True, ts=True, wscale=True)
@@ -237,7 +282,7 @@ LINUX = Profile(
     delayed_ack_timeout=0.04,  # TCP_DELACK_MIN (and TCP_ATO_MIN), HZ/25
     quickack_segments=16,  # TCP_MAX_QUICKACKS; tcp_incr_quickack() caps it at rcv_wnd/(2*rcv_mss)
     receive_buffer=131072,  # net.ipv4.tcp_rmem[1]
-    send_buffer=16384,  # net.ipv4.tcp_wmem[1] (Linux grows it by autotuning; we keep the start value)
+    send_buffer=16384,  # net.ipv4.tcp_wmem[1], the start value autotuning grows
     msl=30.0,  # TCP_TIMEWAIT_LEN is 60 s = 2*MSL
     syn_retries=6,  # net.ipv4.tcp_syn_retries
     synack_retries=5,  # net.ipv4.tcp_synack_retries
@@ -249,6 +294,8 @@ LINUX = Profile(
     rst_on_close_with_unread_data=True,  # tcp_close(): "data was lost" -> RST (RFC 2525 2.17)
     invalid_ack_interval=0.5,  # net.ipv4.tcp_invalid_ratelimit = 500 ms
     receive_buffer_max=6 * 1024 * 1024,  # net.ipv4.tcp_rmem[2]
+    send_buffer_max=4 * 1024 * 1024,  # net.ipv4.tcp_wmem[2]
+    moderate_rcvbuf=True,  # net.ipv4.tcp_moderate_rcvbuf = 1
     rack_tlp=True,  # net.ipv4.tcp_recovery = 1 (RACK), tcp_early_retrans = 3 (TLP)
     abc_limit_segments=None,  # tcp_slow_start: cwnd += acked segments, no per-ACK cap
 )
@@ -276,6 +323,12 @@ FREEBSD = Profile(
     receive_buffer_max=2 * 1024 * 1024,  # kern.ipc.maxsockbuf
     rack_tlp=False,  # the default stack: RFC 6675 SACK recovery (RACK lives in tcp_rack)
     abc_limit_segments=2,  # net.inet.tcp.abc_l_var = 2
+    window_clamp_growth=False,  # tcp_output(): recwin = sbspace(&so->so_rcv)
+    rcvbuf_mss_roundup=True,  # tcp_mss(): roundup(so_rcv.sb_hiwat, mss)
+    ecn_syn_retries=1,  # net.inet.tcp.ecn.maxretries = 1
+    synfin_policy=SynFinPolicy.IGNORE_FIN,  # net.inet.tcp.drop_synfin = 0
+    queue_syn_text=True,
+    bsd_time_wait=True,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (LINUX, FREEBSD)}
@@ -366,7 +419,8 @@ class ConnectionOptions:
     ecn: bool = attrs.field(default=False, validator=_bool)
     time_wait: float | None = attrs.field(default=None, validator=_optional_number)
     syn_retries: int | None = attrs.field(default=None, validator=_optional_integer)
-    insecure_rst: bool = attrs.field(default=False, validator=_bool)  # RFC 5961 checks off
+    insecure_rst: bool = attrs.field(default=False, validator=_bool)  # RFC 5961 3.2/5.2 off
+    insecure_syn: bool = attrs.field(default=False, validator=_bool)  # RFC 5961 4.2 off
     max_ooo_bytes: int | None = attrs.field(default=None, validator=_optional_integer)
     max_ooo_ranges: int = attrs.field(default=64, validator=_integer)
     initial_rto: float | None = attrs.field(default=None, validator=_optional_number)
@@ -443,6 +497,7 @@ class ConnectionOptions:
             time_wait=time_wait,
             syn_retries=syn_retries,
             insecure_rst=self.insecure_rst,
+            insecure_syn=self.insecure_syn,
             max_ooo_bytes=max_ooo_bytes,
             max_ooo_ranges=self.max_ooo_ranges,
             initial_rto=initial_rto,
@@ -474,6 +529,7 @@ class ResolvedOptions:
     time_wait: float
     syn_retries: int
     insecure_rst: bool
+    insecure_syn: bool
     max_ooo_bytes: int
     max_ooo_ranges: int
     initial_rto: float

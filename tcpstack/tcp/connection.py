@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tcpstack.tcp.config import ConnectionOptions
+from tcpstack.tcp.config import ConnectionOptions, SynFinPolicy
 from tcpstack.tcp.events import (
     ChallengeAckSent,
     Event,
@@ -46,6 +46,8 @@ _ACK = TcpFlags.ACK
 _SYN = TcpFlags.SYN
 _FIN = TcpFlags.FIN
 _RST = TcpFlags.RST
+# Plain-int bits: tests on ints avoid IntFlag's Python-level operators on every segment.
+_F_FIN, _F_SYN, _F_RST, _F_ACK, _F_CWR = 0x01, 0x02, 0x04, 0x10, 0x80
 PAWS_IDLE = 24 * 24 * 3600.0  # RFC 7323 5.5: ts_recent is invalid after 24 days idle
 _ERRORS = {
     "connection reset by peer": ConnectionResetError,
@@ -152,6 +154,11 @@ class Connection(HandshakeMixin):
         ``mss`` (see :mod:`tcpstack.tcp.sockopts`). ``ValueError`` names unknown options or bad
         values, and then nothing changes."""
         apply_options(self, changes)
+        # Linux SOCK_SNDBUF_LOCK / SOCK_RCVBUF_LOCK: a size the user sets ends autotuning.
+        if "send_buffer" in changes:
+            self.sndbuf_auto = False
+        if "receive_buffer" in changes:
+            self.rcv.autotune_max = 0
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         """Queue ``data``; return the number of bytes accepted (bounded by the send buffer)."""
@@ -297,6 +304,8 @@ class Connection(HandshakeMixin):
             return
         if not flags & _SYN:
             return
+        if flags & _FIN and self.profile.synfin_policy is SynFinPolicy.DROP:
+            return  # FreeBSD net.inet.tcp.drop_synfin=1
         rcv = self.rcv
         syn_window = max(rcv.rcv_adv - rcv.rcv_nxt, 0)
         self._learn_syn_options(seg, now)
@@ -314,6 +323,8 @@ class Connection(HandshakeMixin):
             self.snd_wl1 = rcv.irs
             self.snd_wl2 = ack
             self._established(now)
+            if self.sndbuf_auto:
+                self._sndbuf_expand()  # Linux tcp_init_buffer_space
             self.ack_now = True
             if seg.payload or flags & _FIN:
                 self._process_text(seg, rcv.irs + 1, now)
@@ -324,6 +335,10 @@ class Connection(HandshakeMixin):
             self.snd_wl1 = rcv.irs
             self._set_state(TcpState.SYN_RECEIVED, now)
             self.syn_pending = True
+            if seg.payload and self.profile.queue_syn_text:
+                # RFC 9293 3.10.7.3: "queue them for processing after the ESTABLISHED state
+                # has been reached". A FIN with it is dropped, as from BSD's reassembly queue.
+                self.syn_text = bytes(seg.payload[: rcv.capacity])
 
     def _acceptable(self, seq: int, seg_len: int) -> bool:
         """RFC 9293 3.10.7.4, first check: the segment overlaps the receive window."""
@@ -341,15 +356,24 @@ class Connection(HandshakeMixin):
 
     def _on_segment_sync(self, seg: TcpSegment, now: float) -> None:
         rcv = self.rcv
-        flags = seg.flags
+        flags = int(seg.flags)
         seq = unwrap(seg.seq, rcv.rcv_nxt)
-        seg_len = seg.seg_len
+        payload = seg.payload
+        seg_len = len(payload) + (flags & _F_FIN) + ((flags & _F_SYN) >> 1)
         ts = seg.options.timestamps if self.ts_ok else None
 
         if (
+            self.state is TcpState.TIME_WAIT
+            and self.profile.bsd_time_wait
+            and not flags & _F_SYN
+        ):
+            self._time_wait_bsd(seg, flags, seq, now)
+            return
+
+        if (
             self.state is TcpState.SYN_RECEIVED
-            and flags & _SYN
-            and not flags & (_ACK | _RST)
+            and flags & _F_SYN
+            and not flags & (_F_ACK | _F_RST)
             and seq == rcv.irs
         ):
             self.syn_pending = True  # the peer retransmitted its SYN: resend the SYN-ACK
@@ -358,7 +382,7 @@ class Connection(HandshakeMixin):
         # RFC 7323 5.3 PAWS: a timestamp older than ts_recent marks an old duplicate.
         if (
             ts is not None
-            and not flags & _RST
+            and not flags & _F_RST
             and seq_lt(ts.tsval, self.ts_recent)
             and now - self.ts_recent_stamp <= PAWS_IDLE
         ):
@@ -366,17 +390,17 @@ class Connection(HandshakeMixin):
             return
 
         if not self._acceptable(seq, seg_len):
-            if flags & _RST:
+            if flags & _F_RST:
                 return
-            if seg.payload and seq < rcv.rcv_nxt:
+            if payload and seq < rcv.rcv_nxt:
                 # A retransmission of data we have: report it (RFC 2883 D-SACK).
-                rcv.note_duplicate(seq, min(seq + len(seg.payload), rcv.rcv_nxt))
-            if self.state is TcpState.TIME_WAIT and flags & _FIN:
+                rcv.note_duplicate(seq, min(seq + len(payload), rcv.rcv_nxt))
+            if self.state is TcpState.TIME_WAIT and flags & _F_FIN:
                 self._arm_time_wait(now)  # RFC 9293 3.10.7.4: restart the 2 MSL timeout
             self._dup_ack(now, seg)
             return
 
-        if flags & _RST:
+        if flags & _F_RST:
             # RFC 5961 3.2: only a RST exactly at RCV.NXT resets; others in the window draw a
             # challenge ACK.
             if seq == rcv.rcv_nxt or self.opts.insecure_rst:
@@ -385,11 +409,18 @@ class Connection(HandshakeMixin):
                 self._challenge_ack(now, "rst")
             return
 
-        if flags & _SYN:
+        if flags & _F_SYN:
+            if self.opts.insecure_syn and seq >= rcv.rcv_nxt:
+                # RFC 793 3.9 (FreeBSD net.inet.tcp.insecure_syn=1): a SYN in the window is an
+                # error: reset and close. RFC 5961 4.2 answers with a challenge ACK instead.
+                self._queue_rst(self.snd_nxt, rcv.rcv_nxt, now, "SYN in window")
+                self._event(ResetReceived(now, self.conn_id, "SYN in window"))
+                self._close(now, "connection reset by peer")
+                return
             self._challenge_ack(now, "syn")  # RFC 5961 4.2
             return
 
-        if not flags & _ACK:
+        if not flags & _F_ACK:
             return  # RFC 9293: "if the ACK bit is off, drop the segment"
 
         # Timestamps: RFC 7323 4.3 ts_recent update, as Linux (seq not after the last ACK sent).
@@ -404,6 +435,11 @@ class Connection(HandshakeMixin):
                 return
             self.snd_wl1 = seq - 1  # the first ACK always sets the (now scaled) window
             self._established(now)
+            if self.sndbuf_auto:
+                self._sndbuf_expand()  # Linux tcp_init_buffer_space
+            if self.syn_text:
+                text, self.syn_text = self.syn_text, b""
+                self._deliver_text(rcv.irs + 1, text, now)
 
         # RFC 5961 5.2 (and RFC 9293): ACKs for data never sent are dropped with an ACK; ACKs
         # too far in the past draw a challenge ACK.
@@ -414,15 +450,16 @@ class Connection(HandshakeMixin):
             self._challenge_ack(now, "ack")
             return
         if ack >= self.snd_una:
-            self._process_ack(seg, seq, ack, now)
+            self._process_ack(seg, flags, seq, ack, now)
             if self.state is TcpState.CLOSED:
                 return
             self._after_ack_state(now)
             if self.state is TcpState.CLOSED:
                 return
 
-        self._process_ecn(seg)
-        if seg.payload or flags & _FIN:
+        if self.ecn_ok:
+            self._process_ecn(seg, flags)
+        if payload or flags & _F_FIN:
             self._process_text(seg, seq, now)
 
     def _after_ack_state(self, now: float) -> None:
@@ -440,9 +477,7 @@ class Connection(HandshakeMixin):
         elif st is TcpState.LAST_ACK:
             self._close(now)
 
-    def _process_ecn(self, seg: TcpSegment) -> None:
-        if not self.ecn_ok:
-            return
+    def _process_ecn(self, seg: TcpSegment, flags: int) -> None:
         ecn = seg.ecn
         if ecn != ECN_NOT_ECT:
             self.ecn_seen = True
@@ -451,7 +486,7 @@ class Connection(HandshakeMixin):
             self.received_ce += 1
             self.ece_pending = True
             self.rcv.enter_quickack()
-        elif seg.flags & TcpFlags.CWR:
+        elif flags & _F_CWR:
             self.ece_pending = False
 
     def _process_text(self, seg: TcpSegment, seq: int, now: float) -> None:
@@ -461,7 +496,7 @@ class Connection(HandshakeMixin):
             return  # text after the peer's FIN is ignored (RFC 9293)
         rcv = self.rcv
         data = seg.payload
-        fin = bool(seg.flags & _FIN)
+        fin = bool(int(seg.flags) & _F_FIN)
         if self.app_closed and data and seq + len(data) > rcv.rcv_nxt:
             # Nobody will read it: RST (RFC 2525 2.17, Linux tcp_rcv_state_process).
             self._queue_rst(seg.ack, None, now, "data after close")
@@ -499,6 +534,14 @@ class Connection(HandshakeMixin):
         if rcv.fin_received and not had_fin:
             self._on_fin(now)
 
+    def _deliver_text(self, seq: int, data: bytes, now: float) -> None:
+        """Hand in-window text to the receiver and act on its ACK decision."""
+        decision = self.rcv.on_data(seq, data, False, now)
+        if decision == ACK_NOW:
+            self.ack_now = True
+        elif decision == ACK_DELAYED and not self.timers.is_set(TimerKind.DELACK):
+            self.timers.set(TimerKind.DELACK, now + max(self.rcv.ato, 0.001))
+
     def _on_fin(self, now: float) -> None:
         st = self.state
         if st is TcpState.ESTABLISHED:
@@ -511,8 +554,23 @@ class Connection(HandshakeMixin):
         elif st is TcpState.FIN_WAIT_2:
             self._enter_time_wait(now)
 
+    def _time_wait_bsd(self, seg: TcpSegment, flags: int, seq: int, now: float) -> None:
+        """A non-SYN segment in TIME-WAIT, as FreeBSD tcp_twcheck(): a RST is ignored (RFC 1337
+        TIME-WAIT assassination), a segment without ACK dropped, a retransmitted FIN restarts the
+        2 MSL timer, and anything but an exact duplicate ACK is answered with an ACK."""
+        if flags & _F_RST or not flags & _F_ACK:
+            return
+        rcv = self.rcv
+        if flags & _F_FIN and seq + len(seg.payload) + 1 == rcv.rcv_nxt:
+            self._arm_time_wait(now)
+        ack = unwrap(seg.ack, self.snd_una)
+        if flags != _F_ACK or seg.payload or seq != rcv.rcv_nxt or ack != self.snd_nxt:
+            self.ack_now = True
+
     def _enter_time_wait(self, now: float) -> None:
         self._set_state(TcpState.TIME_WAIT, now)
+        # BSD's tcptw keeps no socket buffer: from here RCV.WND is the window last announced.
+        self.rcv.bsd_window = False
         for kind in (TimerKind.RETRANSMIT, TimerKind.PERSIST, TimerKind.KEEPALIVE):
             self.timers.cancel(kind)
         self._arm_time_wait(now)

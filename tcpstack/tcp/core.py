@@ -19,6 +19,7 @@ from tcpstack.tcp.rtt import RttEstimator
 from tcpstack.tcp.scoreboard import Scoreboard
 from tcpstack.tcp.state import CaState, TcpState
 from tcpstack.tcp.timers import TimerKind, Timers
+from tcpstack.wire._fast import new_options, new_segment
 from tcpstack.wire.segment import (
     ECN_ECT0,
     NO_OPTIONS,
@@ -41,6 +42,9 @@ SACK_BLOCK_LEN = 8
 _ACK = TcpFlags.ACK
 _RST = TcpFlags.RST
 _SYN = TcpFlags.SYN
+# Plain-int flag bits for tests on the hot path, and every flag combination interned once.
+_F_FIN, _F_SYN, _F_RST, _F_PSH, _F_ACK, _F_ECE, _F_CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x40, 0x80
+_FLAG_VALUES: tuple[TcpFlags, ...] = tuple(TcpFlags(i) for i in range(256))
 
 
 class SendBuffer:
@@ -122,6 +126,8 @@ class ConnectionCore:
         self.state = TcpState.CLOSED
         self.error: str | None = None
         self.passive = False
+        # Text of a SYN taken in SYN-SENT (simultaneous open), held until ESTABLISHED.
+        self.syn_text = b""
 
         # Send sequence space (RFC 9293 3.3.1), absolute numbers.
         self.iss = iss
@@ -133,6 +139,8 @@ class ConnectionCore:
         self.max_window = 0  # largest window the peer offered (RFC 1122 4.2.3.4 / RFC 5961 5.2)
         self.snd_wscale = 0
         self.sndbuf = SendBuffer(opts.send_buffer, iss + 1)
+        # Linux SOCK_SNDBUF_LOCK: a buffer the user sets is final, else it autotunes.
+        self.sndbuf_auto = options.send_buffer is None and profile.send_buffer_max > 0
         self.shut_wr = False  # shutdown_write()/close(): a FIN follows the queued data
         self.fin_seq: int | None = None  # absolute sequence number of our FIN once sent
         self.app_closed = False  # close() called: no more reads either (orphaned socket)
@@ -171,8 +179,16 @@ class ConnectionCore:
             max_ooo_ranges=opts.max_ooo_ranges,
             ato_min=profile.delayed_ack_timeout,
         )
+        if options.receive_buffer is None and profile.moderate_rcvbuf:
+            self.rcv.autotune_max = profile.receive_buffer_max  # else SOCK_RCVBUF_LOCK
         if profile.quickack_segments == 0:
             self.rcv.quick = 0
+            self.rcv.bsd_delack = True
+        if not profile.window_clamp_growth:
+            # BSD: offer the whole free buffer at once, no rcv_ssthresh ramp, no SWS step.
+            self.rcv.rcv_ssthresh = opts.receive_buffer
+            self.rcv.rcv_space = opts.receive_buffer
+            self.rcv.min_window_update = 1
 
         # Loss detection, RTT, congestion control, delivery rate.
         self.sb = Scoreboard(dupthresh=profile.dup_ack_threshold)
@@ -182,6 +198,7 @@ class ConnectionCore:
             initial_rto=opts.initial_rto,
             min_rto=opts.min_rto,
             max_rto=profile.max_rto,
+            slop=profile.rto_slop,
         )
         self.cc: CongestionControl = self._new_cc(self.mss_cache)
         self.ca_state = CaState.OPEN
@@ -339,63 +356,94 @@ class ConnectionCore:
         """Payload bytes the next segment may carry (Linux tcp_current_mss): ``mss_cache`` less
         the SACK blocks it will carry, so that a segment never outgrows the path MTU."""
         mss = self.mss_cache
-        if self.sack_ok:
+        if self.sack_ok and self.rcv.has_sack_info():
             blocks = self.rcv.sack_block_count(self.profile.max_sack_blocks(ts=self.ts_ok))
             if blocks:
                 mss -= SACK_OPTION_BASE + SACK_BLOCK_LEN * blocks
         return mss
 
     def _options(self, now: float, *, sack: bool) -> TcpOptions:
-        ts = Timestamps(self._tsval(now), self.ts_recent) if self.ts_ok else None
-        blocks: list[tuple[int, int]] = []
-        if sack and self.sack_ok:
-            blocks = self.rcv.sack_blocks(self.profile.max_sack_blocks(ts=self.ts_ok))
-        if ts is None and not blocks:
+        rcv = self.rcv
+        blocks = (
+            rcv.sack_blocks(self.profile.max_sack_blocks(ts=self.ts_ok))
+            if sack and self.sack_ok and rcv.has_sack_info() else None
+        )
+        if self.ts_ok:
+            ts: Timestamps | None = Timestamps((int(now * 1000.0) + self.ts_offset) & MASK,
+                                               self.ts_recent)
+            if not blocks:
+                return new_options(None, None, False, (), ts, (), self.profile.data_ts_layout)
+        elif not blocks:
             return NO_OPTIONS
-        sack_blocks = tuple(SackBlock(s & MASK, e & MASK) for s, e in blocks)
-        layout = self.profile.data_layout(ts=ts is not None, sack=bool(sack_blocks))
-        return TcpOptions(timestamps=ts, sack_blocks=sack_blocks, layout=layout)
+        else:
+            ts = None
+        sack_blocks = tuple([SackBlock(s & MASK, e & MASK) for s, e in blocks])
+        layout = self.profile.data_layout(ts=ts is not None, sack=True)
+        return new_options(None, None, False, sack_blocks, ts, (), layout)
 
     def _emit(
         self,
         seq: int,
-        flags: TcpFlags,
+        flags: int,
         now: float,
         payload: bytes = b"",
         *,
         options: TcpOptions | None = None,
         tos: int = 0,
     ) -> TcpSegment:
-        """Build one segment from the current state; account for it (counters, ACK state)."""
+        """Build one segment from the current state; account for it (counters, ACK state).
+
+        ``flags`` may be a plain ``int``: bits are tested on ints (IntFlag's operators are
+        Python-level calls) and the segment gets the interned :class:`TcpFlags` value.
+        """
         rcv = self.rcv
-        has_ack = bool(flags & _ACK)
-        if flags & _SYN:
+        flags = int(flags)
+        has_ack = flags & _F_ACK
+        if flags & _F_SYN:
             window = rcv.select_window(syn=True)
-        elif flags & _RST:
+        elif flags & _F_RST:
             window = 0
         else:
             window = rcv.select_window()
         if options is None:
-            options = self._options(now, sack=has_ack) if not flags & _RST else (
-                TcpOptions(timestamps=Timestamps(self._tsval(now), self.ts_recent),
-                           layout=self.profile.data_layout(ts=True, sack=False))
+            options = self._options(now, sack=bool(has_ack)) if not flags & _F_RST else (
+                new_options(None, None, False, (), Timestamps(self._tsval(now), self.ts_recent),
+                            (), self.profile.data_ts_layout)
                 if self.ts_ok else NO_OPTIONS
             )
-        if self.ece_pending and has_ack and not flags & _SYN:
-            flags |= TcpFlags.ECE
-        seg = TcpSegment(
+        if self.ece_pending and has_ack and not flags & _F_SYN:
+            flags |= _F_ECE
+        # The fast constructor skips attrs' converters: every value here is already normal.
+        seg = new_segment(
             self.local_addr, self.remote_addr, self.local_port, self.remote_port,
-            seq & MASK, rcv.rcv_nxt & MASK if has_ack else 0, flags, window, 0, options,
-            payload, 64, tos, 0, True,
+            seq & MASK, rcv.rcv_nxt & MASK if has_ack else 0, _FLAG_VALUES[flags], window, 0,
+            options, payload if type(payload) is bytes else bytes(payload), 64, tos, 0, True,
         )
         self.segs_out += 1
         if has_ack:
             rcv.on_ack_sent()
             self.ack_now = False
             self.last_ack_sent = now
-            if self.timers.is_set(TimerKind.DELACK):
-                self.timers.cancel(TimerKind.DELACK)
+            timers = self.timers
+            if timers.is_set(TimerKind.DELACK):
+                timers.cancel(TimerKind.DELACK)
         return seg
+
+    def _sndbuf_expand(self) -> None:
+        """Linux tcp_sndbuf_expand: room for two congestion windows (at least the initial
+        window, at least reordering + 1 segments) of segments, up to ``send_buffer_max``.
+
+        Linux sizes sk_sndbuf in skb truesize (about three times the payload of a 1448-byte
+        segment); this buffer holds payload bytes only, so a segment costs its MSS.
+        """
+        mss = self.mss_cache
+        nr_segs = max(
+            self.profile.initial_window_segments, -(-self.cc.cwnd // mss), self.reordering + 1
+        )
+        size = min(2 * nr_segs * mss, self.profile.send_buffer_max)
+        sndbuf = self.sndbuf
+        if size > sndbuf.capacity:
+            sndbuf.capacity = size
 
     def _data_tos(self) -> int:
         # RFC 3168 6.1.2: ECT(0) on data segments once ECN is negotiated (never on pure ACKs,

@@ -25,7 +25,7 @@ class HandshakeMixin(TimeoutMixin):
         if self.state is TcpState.SYN_SENT:
             flags = _SYN
             sack, ts, wscale = opts.sack, opts.timestamps, opts.window_scaling
-            if opts.ecn:
+            if self._ecn_setup_syn():
                 flags |= TcpFlags.ECE | TcpFlags.CWR  # RFC 3168 6.1.1: ECN-setup SYN
         else:
             flags = _SYN | _ACK
@@ -50,6 +50,12 @@ class HandshakeMixin(TimeoutMixin):
         self.timers.set(TimerKind.RETRANSMIT, now + self.rtt.rto)
         return seg
 
+    def _ecn_setup_syn(self) -> bool:
+        """Whether our (re)transmitted SYN asks for ECN: FreeBSD net.inet.tcp.ecn.maxretries
+        gives up on it after that many retransmissions, in case a middlebox drops ECN SYNs."""
+        limit = self.profile.ecn_syn_retries
+        return self.opts.ecn and (limit is None or self.retransmits <= limit)
+
     def _learn_syn_options(self, syn: TcpSegment, now: float) -> None:
         o = syn.options
         opts = self.opts
@@ -70,9 +76,33 @@ class HandshakeMixin(TimeoutMixin):
             self.ecn_ok = opts.ecn and bool(syn.flags & TcpFlags.ECE) and bool(
                 syn.flags & TcpFlags.CWR)
         else:
-            self.ecn_ok = opts.ecn and bool(syn.flags & TcpFlags.ECE) and not bool(
+            self.ecn_ok = self._ecn_setup_syn() and bool(syn.flags & TcpFlags.ECE) and not bool(
                 syn.flags & TcpFlags.CWR)
         self._sync_mss()
+        if self.profile.rcvbuf_mss_roundup:
+            self._roundup_rcvbuf()
+        if not self.passive:
+            self._use_bsd_window()
+
+    def _use_bsd_window(self) -> None:
+        # FreeBSD: a full tcpcb (active open, or a passive one once the syncache entry became a
+        # socket on the handshake's ACK) checks sequence numbers against its free buffer; the
+        # syncache only against the window its SYN-ACK announced.
+        if not self.profile.window_clamp_growth:
+            self.rcv.bsd_window = True
+
+    def _roundup_rcvbuf(self) -> None:
+        """FreeBSD tcp_mss(): grow the receive buffer to a whole number of segments, capped at
+        sb_max, so the window it announces is not a segment fraction short."""
+        rcv = self.rcv
+        mss = self.mss_cache
+        size = -(-rcv.capacity // mss) * mss
+        cap = max(self.profile.receive_buffer_max, rcv.capacity)
+        size = min(size, cap)
+        if size > rcv.capacity:
+            rcv.capacity = size
+            if not self.profile.window_clamp_growth:
+                rcv.rcv_ssthresh = size
 
     def _sync_mss(self) -> None:
         """The send MSS: peer's MSS, our own clamp and the path MTU, less the TS option
@@ -95,6 +125,7 @@ class HandshakeMixin(TimeoutMixin):
             # RFC 5681 3.1: after a lost SYN or SYN-ACK the initial window is one segment.
             self.cc.cwnd = self.mss_cache
         self.cwnd_usage_seq = self.snd_nxt
+        self._use_bsd_window()
         self._set_state(TcpState.ESTABLISHED, now)
         if self.shut_wr:
             self._set_state(TcpState.FIN_WAIT_1, now)

@@ -45,7 +45,8 @@ class Receiver:
         "rcv_ssthresh", "min_window_update", "_buf", "ooo", "fin_seq", "fin_received",
         "quick", "ato", "ato_min", "last_recv", "_segs_since_ack", "_dsack",
         "bytes_received", "data_segs_in", "rcv_rtt", "_rtt_seq", "_rtt_time",
-        "rcv_space", "_space_copied", "_space_time", "shut_rd", "bytes_discarded",
+        "rcv_space", "_space_copied", "_space_time", "shut_rd", "bytes_discarded", "autotune_max",
+        "bsd_delack", "bsd_window",
     )
 
     def __init__(
@@ -92,6 +93,15 @@ class Receiver:
         self._space_time = 0.0
         self.shut_rd = False
         self.bytes_discarded = 0
+        # Receive buffer autotuning bound (Linux tcp_rmem[2]); 0: the buffer is fixed.
+        self.autotune_max = 0
+        # FreeBSD DELAY_ACK (tcp_input.c): no quick-ACK mode and a fixed delack time; an
+        # in-order segment is ACKed at once if the delayed-ACK timer already runs (every
+        # second segment) or if it is larger than an MSS. The engine sets it from its profile.
+        self.bsd_delack = False
+        # FreeBSD tcp_input(): RCV.WND is max(sbspace, rcv_adv - rcv_nxt), the free buffer even
+        # where it exceeds the window last announced (a 65535 cap, an unscaled SYN window).
+        self.bsd_window = False
 
     # -- setup --------------------------------------------------------------------------
 
@@ -116,6 +126,8 @@ class Receiver:
     @property
     def window(self) -> int:
         """The window currently promised (RCV.WND): bytes the peer may send beyond rcv_nxt."""
+        if self.bsd_window:
+            return max(self.rcv_adv - self.rcv_nxt, self.capacity - len(self._buf), 0)
         return max(self.rcv_adv - self.rcv_nxt, 0)
 
     def _free(self) -> int:
@@ -189,7 +201,10 @@ class Receiver:
             self.fin_received = True
             ack = ACK_NOW  # Linux ACKs a FIN at once (tcp_fin -> inet_csk_schedule_ack + quick)
         if ack == ACK_NONE and n:
-            ack = self._ack_policy()
+            if self.bsd_delack:
+                ack = ACK_NOW if self._segs_since_ack >= 2 or n > self.advmss else ACK_DELAYED
+            else:
+                ack = self._ack_policy()
         return ack
 
     def _deliver(self, data: bytes) -> None:
@@ -206,6 +221,10 @@ class Receiver:
         """Linux tcp_event_data_recv: maintain ato, quick-ACK mode and the rcv_mss estimate."""
         if n >= self.rcv_mss:
             self.rcv_mss = min(n, self.advmss)
+        if self.bsd_delack:
+            self.ato = self.ato_min
+            self.last_recv = now
+            return
         if self.ato == 0.0:
             # First data segment: start in quick-ACK mode (tcp_incr_quickack).
             self._incr_quickack()
@@ -222,6 +241,8 @@ class Receiver:
         self.last_recv = now
 
     def _incr_quickack(self) -> None:
+        if self.bsd_delack:
+            return
         quickacks = self.window // (2 * self.rcv_mss) if self.rcv_mss else 0
         quickacks = max(quickacks, 2)
         self.quick = min(max(self.quick, quickacks), TCP_MAX_QUICKACKS)
@@ -284,6 +305,10 @@ class Receiver:
                 blocks.append(block)
         return blocks
 
+    def has_sack_info(self) -> bool:
+        """Whether the next ACK would carry any SACK block (a pending D-SACK or held data)."""
+        return self._dsack is not None or self.ooo.bytes_held > 0
+
     def sack_block_count(self, max_blocks: int) -> int:
         """How many blocks the next segment will carry (without consuming a pending D-SACK)."""
         n = (1 if self._dsack is not None else 0) + (len(self.ooo.ranges) if self.ooo.bytes_held else 0)
@@ -335,10 +360,30 @@ class Receiver:
         rtt = self.rcv_rtt
         if rtt <= 0 or now - self._space_time < rtt:
             return
-        if self._space_copied > self.rcv_space:
-            self.rcv_space = self._space_copied
+        copied = self._space_copied
+        if copied > self.rcv_space:
+            if self.capacity < self.autotune_max:
+                self._grow_buffer(copied)
+            self.rcv_space = copied
         self._space_copied = 0
         self._space_time = now
+
+    def _grow_buffer(self, copied: int) -> None:
+        """Linux tcp_rcv_space_adjust (dynamic right-sizing): the application read ``copied``
+        bytes in the last receive RTT, more than in the one before. Twice that covers a loss
+        episode; the sender may double per RTT (slow start) and the window offered now is used
+        an RTT later, so the growth is counted twice again. 16 segments of cushion as Linux.
+        The buffer holds payload only, so no truesize conversion (tcp_space_from_win)."""
+        rcvwin = 2 * copied + 16 * self.advmss
+        space = max(self.rcv_space, 1)
+        rcvwin += 2 * (rcvwin * (copied - space) // space)
+        size = min(rcvwin, self.autotune_max)
+        if size > self.capacity:
+            if self.ooo.max_bytes == self.capacity:
+                # The out-of-order bound is the buffer (the default): it grows with it, or
+                # the queue would drop data the bigger window invited, after SACKing some.
+                self.ooo.max_bytes = size
+            self.capacity = size  # rcv_ssthresh (the window clamp) follows in _grow_window
 
     def shutdown_read(self) -> None:
         self.shut_rd = True

@@ -36,6 +36,7 @@ __all__ = ["RecoveryMixin"]
 
 MASK = 0xFFFFFFFF
 MAX_REORDERING = 300  # Linux net.ipv4.tcp_max_reordering
+_F_FIN, _F_SYN, _F_ECE = 0x01, 0x02, 0x40
 
 
 class RecoveryMixin(RackMixin):
@@ -48,9 +49,31 @@ class RecoveryMixin(RackMixin):
             blocks.append((lo, lo + ((right - left) & MASK)))
         return blocks
 
-    def _process_ack(self, seg: TcpSegment, seq: int, ack: int, now: float) -> None:
-        """An acceptable ACK (snd_una <= ack <= snd_nxt) arrived in a synchronized state."""
+    def _process_ack(self, seg: TcpSegment, flags: int, seq: int, ack: int, now: float) -> None:
+        """An acceptable ACK (snd_una <= ack <= snd_nxt) arrived in a synchronized state.
+
+        ``flags`` is ``seg.flags`` as a plain int.
+        """
         sb = self.sb
+        if (
+            ack == self.snd_una
+            and not sb
+            and not flags & _F_ECE
+            and self.ca_state == CaState.OPEN
+            and not self.dupacks
+            and self.undo_marker is None
+            and self.tlp_high_seq is None
+            and not seg.options.sack_blocks
+        ):
+            # Fast path (the spirit of Linux's header prediction): nothing outstanding and
+            # nothing newly acknowledged, the ACK every data segment of a one-way transfer
+            # carries to its receiver. Only the window and the (empty) rate sample can change;
+            # the full path below would reach the same state through the scoreboard.
+            self.last_ack_recv = now
+            self.probes_out = 0
+            self._update_window(seg, seq, ack, now, ack)
+            self.rate.sample(now, rtt=None, min_rtt=self.rtt.min_rtt)
+            return
         mss = self.mss_cache
         prior_una = self.snd_una
         prior_in_flight = self._in_flight()
@@ -63,7 +86,7 @@ class RecoveryMixin(RackMixin):
             if not r.sacked:
                 delivered_segs += 1
         self.delivered_segs += delivered_segs
-        if seg.flags & TcpFlags.ECE and self.ecn_ok:
+        if flags & _F_ECE and self.ecn_ok:
             self.delivered_ce += delivered_segs
         acked = ack - prior_una
         if acked > 0:
@@ -108,7 +131,7 @@ class RecoveryMixin(RackMixin):
             acked == 0
             and not seg.payload
             and not window_changed
-            and not seg.flags & (TcpFlags.SYN | TcpFlags.FIN)
+            and not flags & (_F_SYN | _F_FIN)
             and bool(sb)
         )
         newly_lost = 0
@@ -127,6 +150,10 @@ class RecoveryMixin(RackMixin):
         self.rate.sample(now, losses=newly_lost, rtt=rtt_sample, min_rtt=self.rtt.min_rtt)
 
         if acked > 0:
+            if self.sndbuf_auto and self._in_flight() < self.cc.cwnd:
+                # Linux tcp_check_space -> tcp_new_space: the ACK freed buffer space and cwnd
+                # is not full (tcp_should_expand_sndbuf), so let the buffer follow cwnd.
+                self._sndbuf_expand()
             if not sb:
                 for kind in (TimerKind.RETRANSMIT, TimerKind.LOSS_PROBE, TimerKind.REO_TIMEOUT):
                     self.timers.cancel(kind)

@@ -16,8 +16,9 @@ Profiles:
     numbers here a round is one srtt of time. min_rto defaults to 200 ms (``TCP_RTO_MIN``).
 ``freebsd``
     RFC 6298 literally: RTO = max(srtt + max(G, 4*rttvar), min_rto), with G = 1 ms (hz=1000)
-    and min_rto 30 ms (``net.inet.tcp.rexmit_min``). FreeBSD's ``rexmit_slop`` is added by the
-    engine (``Profile.rto_slop``), not here.
+    and min_rto 30 ms (``net.inet.tcp.rexmit_min``). ``slop`` (``net.inet.tcp.rexmit_slop``,
+    ``Profile.rto_slop``) is added to every RTO computed after the initial one, then clamped to
+    [min_rto, max_rto], as FreeBSD's TCPT_RANGESET does: SYN timeouts of 1, 2.2, 4.2 ... s.
 ``rfc6298``
     As ``freebsd`` with the RFC's own 1 s floor (section 2.4).
 """
@@ -109,6 +110,7 @@ class RttEstimator:
         min_rto: float | None = None,
         max_rto: float = 120.0,
         min_rtt_window: float = MIN_RTT_WINDOW,
+        slop: float = 0.0,
     ) -> None:
         if profile not in PROFILE_MIN_RTO:
             raise ValueError(
@@ -124,6 +126,9 @@ class RttEstimator:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if min_rto > max_rto:
             raise ValueError(f"min_rto {min_rto} exceeds max_rto {max_rto}")
+        if not (math.isfinite(slop) and slop >= 0):
+            raise ValueError(f"slop must be a finite number of seconds >= 0, got {slop!r}")
+        self.slop = slop
         self.profile = profile
         self.initial_rto = initial_rto
         self.min_rto = min_rto
@@ -204,8 +209,13 @@ class RttEstimator:
 
     @property
     def rto(self) -> float:
-        """min(base_rto * 2**backoff, max_rto) (RFC 6298 sections 5.5 and 2.5)."""
-        return min(self.base_rto * 2.0 ** min(self.backoff, _MAX_BACKOFF_EXPONENT), self.max_rto)
+        """min(base_rto * 2**backoff, max_rto) (RFC 6298 sections 5.5 and 2.5), plus ``slop``."""
+        rto = min(self.base_rto * 2.0 ** min(self.backoff, _MAX_BACKOFF_EXPONENT), self.max_rto)
+        if self.slop and (self.backoff or self.srtt is not None):
+            # FreeBSD TCPT_RANGESET(t_rxtcur, value, t_rttmin, TCPTV_REXMTMAX): only the
+            # initial t_rxtcur (rexmit_initial) goes without the slop.
+            rto = min(max(rto + self.slop, self.min_rto), self.max_rto)
+        return rto
 
     def on_timeout(self) -> None:
         """The retransmission timer expired: back the timer off (RFC 6298 section 5.5)."""

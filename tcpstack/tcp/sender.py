@@ -18,10 +18,12 @@ from tcpstack.wire.segment import TcpFlags, TcpSegment
 
 __all__ = ["SenderMixin"]
 
-_ACK = TcpFlags.ACK
-_PSH = TcpFlags.PSH
-_FIN = TcpFlags.FIN
-_CWR = TcpFlags.CWR
+# Plain ints: flags are combined on ints (IntFlag's operators are Python-level calls) and
+# _emit interns the TcpFlags value.
+_ACK = int(TcpFlags.ACK)
+_PSH = int(TcpFlags.PSH)
+_FIN = int(TcpFlags.FIN)
+_CWR = int(TcpFlags.CWR)
 MASK = 0xFFFFFFFF
 
 TCP_TIMEOUT_MIN = 0.002  # Linux TCP_TIMEOUT_MIN: 2 jiffies
@@ -94,6 +96,15 @@ class SenderMixin(ConnectionCore):
         cwnd_blocked = False
         probe = self.tlp_pending
         sent_new = False
+        # Loop invariants hoisted: this loop runs once per segment sent.
+        half_max_window = self.max_window >> 1
+        nodelay = self.opts.nodelay
+        data_tos = self._data_tos()
+        in_recovery = self.ca_state == CaState.RECOVERY
+        rate = self.rate
+        emit = self._emit
+        on_sent = sb.on_sent
+        xmit_timer_checked = False
         while True:
             data_end = sndbuf.end
             snd_nxt = self.snd_nxt
@@ -113,7 +124,7 @@ class SenderMixin(ConnectionCore):
                     rwnd_blocked = True
                     break
                 if (
-                    n < mss and n < avail and n < (self.max_window >> 1)
+                    n < mss and n < avail and n < half_max_window
                     and not self.sws_override
                 ):
                     # RFC 1122 4.2.3.4 sender SWS avoidance: a window-limited fragment is sent
@@ -124,7 +135,7 @@ class SenderMixin(ConnectionCore):
                     n < mss
                     and n == avail
                     and not fin_ready
-                    and not self.opts.nodelay
+                    and not nodelay
                     and not probe
                     and self.snd_sml > self.snd_una
                     and self.snd_sml <= snd_nxt
@@ -138,7 +149,7 @@ class SenderMixin(ConnectionCore):
             fin = fin_ready and snd_nxt + n == data_end
             flags = _ACK
             end = snd_nxt + n
-            if n and (end == data_end or end - self.pushed_seq > (self.max_window >> 1)):
+            if n and (end == data_end or end - self.pushed_seq > half_max_window):
                 flags |= _PSH
                 self.pushed_seq = end
             if fin:
@@ -149,9 +160,9 @@ class SenderMixin(ConnectionCore):
             self.sws_override = False
             payload = sndbuf.data(snd_nxt, n) if n else b""
             seg_end = end + (1 if fin else 0)
-            seg = self._emit(snd_nxt, flags, now, payload, tos=self._data_tos() if n else 0)
+            seg = emit(snd_nxt, flags, now, payload, tos=data_tos if n else 0)
             out.append(seg)
-            sb.on_sent(snd_nxt, seg_end, now, retransmit=False, rate=self.rate, fin=fin)
+            on_sent(snd_nxt, seg_end, now, retransmit=False, rate=rate, fin=fin)
             self.snd_nxt = seg_end
             if fin:
                 self.fin_seq = end
@@ -163,13 +174,16 @@ class SenderMixin(ConnectionCore):
                     self.snd_sml = seg_end
             if self.retrans_stamp is None:
                 self.retrans_stamp = now
-            if self.ca_state == CaState.RECOVERY:
+            if in_recovery:
                 self.prr_out += seg_end - snd_nxt
             in_flight += seg_end - snd_nxt
             cc.on_packet_sent(seg_end - snd_nxt, in_flight, now)
             sent_new = True
-            if not self._xmit_timer_pending():
-                self._arm_rto(now)
+            if not xmit_timer_checked:
+                # Once armed it stays armed for the rest of this loop.
+                xmit_timer_checked = True
+                if not self._xmit_timer_pending():
+                    self._arm_rto(now)
             if fin or probe:
                 break
 
@@ -254,7 +268,7 @@ class SenderMixin(ConnectionCore):
         data_end = fin_seq if fin and fin_seq is not None else end
         n = max(data_end - start, 0)
         payload = self.sndbuf.data(start, n) if n else b""
-        flags = _ACK | (_FIN if fin else TcpFlags(0))
+        flags = _ACK | (_FIN if fin else 0)
         if n and start + n >= self.sndbuf.end:
             flags |= _PSH
         out.append(self._emit(start, flags, now, payload))

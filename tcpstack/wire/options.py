@@ -199,7 +199,18 @@ def _encode_default(options: TcpOptions) -> bytes:
     return b"".join(parts)
 
 
+_LAYOUT_NOP_NOP_TS = (NOP, NOP, TIMESTAMP)
+
+
 def _encode_layout(options: TcpOptions, layout: tuple[int, ...]) -> bytes:
+    if layout == _LAYOUT_NOP_NOP_TS:
+        # What every data segment and ACK carries once timestamps are on: one pack.
+        ts = options.timestamps
+        if (
+            ts is not None and options.mss is None and options.wscale is None
+            and not options.sack_permitted and not options.sack_blocks and not options.unknown
+        ):
+            return _NOP_NOP_TS.pack(NOP, NOP, TIMESTAMP, 10, ts[0], ts[1])
     parts: list[bytes] = []
     used: set[int] = set()
     unknown_left = list(options.unknown)

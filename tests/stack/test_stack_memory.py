@@ -155,3 +155,33 @@ async def test_a_packet_that_breaks_processing_does_not_stop_the_stack(
             await client.aclose()
             await server.aclose()
             await listener.aclose()
+
+
+async def test_syn_fin_at_a_linux_listener_is_dropped_and_counted(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    from tcpstack.wire import TcpFlags, TcpSegment, build_packet, parse_packet
+
+    async with MemoryNetwork(seed=1) as net:
+        raw, link_b = net.attach(A), net.attach(B)
+        async with open_stack(link_b, seed=2) as sb:
+            listener = await sb.open_tcp_listener(80)
+            synfin = TcpSegment(src=A, dst=B, sport=40000, dport=80, seq=1000,
+                                flags=TcpFlags.SYN | TcpFlags.FIN, window=65535)
+            raw.send_batch([build_packet(synfin)])
+            await trio.sleep(1.0)
+            assert sb.stats.synfin_dropped == 1
+            assert sb.connections() == []
+            # Nothing answered it: no SYN-ACK, no RST.
+            with trio.move_on_after(0.5):
+                answer = await raw.receive_batch()
+                pytest.fail(f"the stack answered a SYN|FIN: {answer!r}")
+            # A plain SYN is still served.
+            syn = TcpSegment(src=A, dst=B, sport=40001, dport=80, seq=5000,
+                             flags=TcpFlags.SYN, window=65535)
+            raw.send_batch([build_packet(syn)])
+            # Memory links guarantee integrity, so the stack leaves the checksum to them.
+            reply = parse_packet((await raw.receive_batch())[0], verify_checksum=False)
+            assert isinstance(reply, TcpSegment)
+            assert reply.flags == TcpFlags.SYN | TcpFlags.ACK and reply.ack == 5001
+            await listener.aclose()
