@@ -22,7 +22,7 @@ OPTS = ConnectionOptions(send_buffer=8 << 20, receive_buffer=8 << 20)
 
 
 def pair() -> tuple[Connection, Connection, float]:
-    a = Connection(("10.0.0.1", 1000), ("10.0.0.2", 80), iss=0xFFFF0000, options=OPTS)
+    a = Connection(("198.18.0.1", 1000), ("198.18.0.2", 80), iss=0xFFFF0000, options=OPTS)
     a.open_active(0.0)
     syn = a.poll_transmit(0.0)[0]
     b = Connection.from_syn(syn, iss=0x12345678, options=OPTS, now=0.001)
@@ -42,7 +42,7 @@ def bench_receive(n: int) -> float:
     segs = []
     for i in range(n):
         opts = TcpOptions(timestamps=Timestamps(a._tsval(0.003) + i, 0)) if ts else TcpOptions()
-        segs.append(TcpSegment("10.0.0.1", "10.0.0.2", 1000, 80, (seq + i * 1448) & MASK,
+        segs.append(TcpSegment("198.18.0.1", "198.18.0.2", 1000, 80, (seq + i * 1448) & MASK,
                                (b.snd_nxt) & MASK, TcpFlags.ACK, 65535, 0, opts, payload))
     t0 = time.perf_counter()
     for i, seg in enumerate(segs):
@@ -72,7 +72,7 @@ def bench_send(n: int) -> float:
             acked = min(acked + 2 * 1448, a.snd_nxt)
             opts = (TcpOptions(timestamps=Timestamps(b._tsval(now), a._tsval(now))) if a.ts_ok
                     else TcpOptions())
-            ack = TcpSegment("10.0.0.2", "10.0.0.1", 80, 1000, peer_seq, acked & MASK,
+            ack = TcpSegment("198.18.0.2", "198.18.0.1", 80, 1000, peer_seq, acked & MASK,
                              TcpFlags.ACK, 65535, 0, opts)
             a.on_segment(ack, now)
         if off < len(data):

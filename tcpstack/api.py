@@ -157,7 +157,8 @@ class TCPStream(trio.abc.HalfCloseableStream):
         self._receiving = False
         self._eof_sent = False
         self._closed = False
-        self._events: collections.deque[Event] = collections.deque()
+        # Made by the first events() read: most streams never iterate their events.
+        self._events: collections.deque[Event] | None = None
         self._event_limit = EVENT_BUFFER
         self._events_dropped = 0
 
@@ -185,8 +186,9 @@ class TCPStream(trio.abc.HalfCloseableStream):
         :attr:`events_dropped`."""
         while True:
             self._collect_events()
-            while self._events:
-                yield self._events.popleft()
+            events = self._events
+            while events:
+                yield events.popleft()
             if self.conn.state is TcpState.CLOSED:
                 return
             await self.stack.wait_changed(self.conn)
@@ -196,6 +198,8 @@ class TCPStream(trio.abc.HalfCloseableStream):
         if not new:
             return
         events = self._events
+        if events is None:
+            events = self._events = collections.deque()
         events.extend(new)
         excess = len(events) - self._event_limit
         if excess > 0:

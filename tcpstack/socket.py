@@ -6,7 +6,7 @@ Code written against ``trio.socket`` switches to this stack by changing one impo
 
     with tcpstack.socket.using_stack(stack):
         sock = tsocket.socket(tsocket.AF_INET, tsocket.SOCK_STREAM)
-        await sock.connect(("10.0.0.2", 80))
+        await sock.connect(("198.18.0.2", 80))
         await sock.send(b"GET / HTTP/1.0\\r\\n\\r\\n")
 
 As in trio, ``bind``, ``connect``, ``accept``, ``send``, ``recv`` and ``recv_into`` are async;

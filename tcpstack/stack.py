@@ -286,8 +286,12 @@ class StackCore:
         Returns at once (after a checkpoint) if the stack no longer holds the connection."""
         lot = self._waiters.get(conn.conn_id)
         if lot is None:
-            await trio.lowlevel.checkpoint()
-            return
+            if self._conns.get(self._key(conn)) is not conn:
+                await trio.lowlevel.checkpoint()
+                return
+            # Created on first wait, not per connection: most idle connections never have a
+            # waiter, and a ParkingLot costs both time on the accept path and memory.
+            lot = self._waiters[conn.conn_id] = trio.lowlevel.ParkingLot()
         await lot.park()
 
     async def wait_accept(self, listener: _Listen) -> None:
@@ -305,8 +309,11 @@ class StackCore:
             checksum = self._checksum
             packets: list[bytes] = []
             for conn in dirty.values():
-                for seg in conn.poll_transmit(now):
-                    packets.append(build_packet(seg, checksum=checksum))
+                try:
+                    packets += [build_packet(seg, checksum=checksum)
+                                for seg in conn.poll_transmit(now)]
+                except Exception:
+                    packets += self._output_failed(conn, now)
                 self._schedule(conn)
                 self._after_change(conn)
             self._send(packets)
@@ -370,7 +377,6 @@ class StackCore:
 
     def _add(self, conn: Connection, key: ConnKey) -> None:
         self._conns[key] = conn
-        self._waiters[conn.conn_id] = trio.lowlevel.ParkingLot()
 
     def _allocate_port(self, host: str, port: int) -> int:
         span = len(self._ephemeral)
@@ -409,18 +415,29 @@ class StackCore:
     def _flush_accounted(self, dirty: dict[int, Connection], now: float) -> None:
         meter = self.meter
         t0 = time.perf_counter_ns()
-        segs: list[TcpSegment] = []
+        polled: list[tuple[Connection, list[TcpSegment]]] = []
+        packets: list[bytes] = []
         for conn in dirty.values():
-            segs += conn.poll_transmit(now)
+            try:
+                polled.append((conn, conn.poll_transmit(now)))
+            except Exception:
+                packets += self._output_failed(conn, now)
             self._schedule(conn)
             self._after_change(conn)
         t1 = time.perf_counter_ns()
         checksum = self._checksum
-        packets = [build_packet(seg, checksum=checksum) for seg in segs]
+        nsegs = 0
+        for conn, segs in polled:
+            nsegs += len(segs)
+            try:
+                packets += [build_packet(seg, checksum=checksum) for seg in segs]
+            except Exception:
+                packets += self._output_failed(conn, now)
+                self._after_change(conn)
         t2 = time.perf_counter_ns()
         self._send(packets)
         t3 = time.perf_counter_ns()
-        meter.add(Activity.TCP_OUTPUT, t1 - t0, len(segs))
+        meter.add(Activity.TCP_OUTPUT, t1 - t0, nsegs)
         meter.add(Activity.BUILD, t2 - t1, len(packets))
         if packets:
             meter.add(Activity.LINK_SEND, t3 - t2, len(packets))
@@ -435,6 +452,25 @@ class StackCore:
             if now - self._last_error_log >= 1.0:
                 self._last_error_log = now
                 log.exception("internal error while processing %r (dropped)", seg)
+
+    def _output_failed(self, conn: Connection, now: float) -> list[bytes]:
+        """``conn``'s output path raised: a bug in the engine or the codec. Abort that one
+        connection (its stream fails with "internal error") and keep serving the others; the
+        packets returned are its RST, if the engine can still build one."""
+        self.stats.internal_errors += 1
+        if now - self._last_error_log >= 1.0:
+            self._last_error_log = now
+            log.exception("internal error while transmitting on %s -> %s (aborted)",
+                          conn.local, conn.remote)
+        if conn.error is None:
+            conn.error = "internal error"
+        try:
+            conn.abort()
+            # The RST tells the peer at once; if building it fails too, the peer learns on its
+            # next segment, which meets no connection and is answered with a RST.
+            return [build_packet(seg, checksum=self._checksum) for seg in conn.poll_transmit(now)]
+        except Exception:
+            return []
 
     def _dispatch(self, seg: TcpSegment | IcmpMessage, now: float) -> None:
         if isinstance(seg, IcmpMessage):

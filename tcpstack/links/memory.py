@@ -10,8 +10,8 @@ trio's real clock and under ``trio.testing.MockClock(autojump_threshold=0)``, wh
 deterministic and runs as fast as the CPU allows. Enter it to start that task::
 
     async with MemoryNetwork(seed=1) as net:
-        a = net.attach("10.0.0.1", impairment=ImpairmentConfig(delay=0.01))
-        b = net.attach("10.0.0.2")
+        a = net.attach("198.18.0.1", impairment=ImpairmentConfig(delay=0.01))
+        b = net.attach("198.18.0.2")
         a.send_batch([packet])
         batch = await b.receive_batch()
 

@@ -27,6 +27,7 @@ __all__ = [
     "LINUX",
     "FREEBSD",
     "PROFILES",
+    "resolve_options",
     "get_profile",
     "KeepaliveOptions",
     "ConnectionOptions",
@@ -503,6 +504,26 @@ class ConnectionOptions:
             initial_rto=initial_rto,
             min_rto=min_rto,
         )
+
+
+# Every connection of a stack shares one ConnectionOptions value, so resolving it once per value
+# (not once per connection) takes the checks off the connect/accept path. A hit is only used
+# while its profile is still the one registered under that name: PROFILES may be replaced at
+# run time (conformance sysctls, tests). Bounded: cleared when full.
+_RESOLVED: dict[ConnectionOptions, ResolvedOptions] = {}
+_RESOLVED_MAX = 256
+
+
+def resolve_options(options: ConnectionOptions) -> ResolvedOptions:
+    """``options.resolve()``, cached per options value (and current profile object)."""
+    resolved = _RESOLVED.get(options)
+    if resolved is not None and PROFILES.get(options.profile) is resolved.profile_obj:
+        return resolved
+    resolved = options.resolve()
+    if len(_RESOLVED) >= _RESOLVED_MAX:
+        _RESOLVED.clear()
+    _RESOLVED[options] = resolved
+    return resolved
 
 
 @attrs.frozen(slots=True, kw_only=True)

@@ -291,14 +291,17 @@ def create_congestion_control(
     if entry is None:
         raise ValueError(_unknown(name))
     factory, accepted = entry
-    known = frozenset().union(*(opts for _, opts in _REGISTRY.values()))
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown congestion control option(s) {', '.join(unknown)}; known: "
-            + (", ".join(sorted(known)) or "none")
-        )
-    kwargs = {key: value for key, value in options.items() if key in accepted}
+    if options.keys() <= accepted:
+        kwargs = options  # the common case (every connect): nothing to check or filter
+    else:
+        known = frozenset().union(*(opts for _, opts in _REGISTRY.values()))
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown congestion control option(s) {', '.join(unknown)}; known: "
+                + (", ".join(sorted(known)) or "none")
+            )
+        kwargs = {key: value for key, value in options.items() if key in accepted}
     controller = factory(mss, initial_window, **kwargs)
     if not isinstance(controller, CongestionControl):
         raise TypeError(f"factory for {name!r} returned {controller!r}, not a CongestionControl")

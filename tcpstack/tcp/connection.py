@@ -61,6 +61,8 @@ _ERRORS = {
 class Connection(HandshakeMixin):
     """A TCP connection. See the module docstring and DESIGN.md (layer ``tcp``)."""
 
+    __slots__ = ()  # the state lives in ConnectionCore's slots
+
     # -- creation -----------------------------------------------------------------------
 
     @classmethod
@@ -133,8 +135,8 @@ class Connection(HandshakeMixin):
         return _ERRORS.get(self.error, ConnectionError)(self.error)
 
     def drain_events(self) -> list[Event]:
-        events = list(self.events)
-        self.events.clear()
+        events = self.events
+        self.events = []
         return events
 
     def next_deadline(self) -> float | None:

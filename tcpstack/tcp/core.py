@@ -8,9 +8,7 @@ so the per-segment paths touch plain attributes, no indirection. Sequence number
 
 from __future__ import annotations
 
-import collections
-
-from tcpstack.tcp.config import ConnectionOptions, ResolvedOptions
+from tcpstack.tcp.config import ConnectionOptions, ResolvedOptions, resolve_options
 from tcpstack.tcp.congestion import CongestionControl, create_congestion_control
 from tcpstack.tcp.events import Event, ResetSent, StateChanged
 from tcpstack.tcp.rate import RateSampler
@@ -100,6 +98,35 @@ class SendBuffer:
 class ConnectionCore:
     """All per-connection state, event emission and segment construction."""
 
+    # Slots, not a __dict__: an idle connection is mostly this object, and 10,000 of them must
+    # fit in 8 KiB each (issue 4). Every mixin of Connection declares ``__slots__ = ()`` so the
+    # subclass adds no dict either. A new attribute must be listed here as well as set in
+    # __init__ (tests/tcp/test_slots.py checks both directions).
+    __slots__ = (
+        "options", "opts", "profile", "conn_id", "local_addr", "local_port", "remote_addr",
+        "remote_port", "state", "error", "passive", "syn_text", "iss", "snd_una", "snd_nxt",
+        "snd_wnd", "snd_wl1", "snd_wl2", "max_window", "snd_wscale", "sndbuf", "sndbuf_auto",
+        "shut_wr", "fin_seq", "app_closed", "idle_check", "snd_sml", "pushed_seq", "advmss",
+        "pmtu", "peer_mss", "mss_cache", "ts_ok", "sack_ok", "wscale_ok", "ecn_ok", "ts_recent",
+        "ts_recent_stamp", "ts_offset", "rcv_wscale_offer", "rcv", "sb", "rate", "rtt", "cc",
+        "ca_state", "recover", "prr_delivered", "prr_out", "recover_fs", "dupacks",
+        "prior_cwnd", "prior_ssthresh", "undo_marker", "undo_retrans", "undos", "reordering",
+        "cwnd_limited", "max_flight", "cwnd_usage_seq", "loss_rto_start", "pmtu_loss",
+        "rack_xmit_ts", "rack_end_seq", "rack_rtt", "rack_reo_wnd_steps",
+        "rack_reo_wnd_persist", "rack_dsack_round", "tlp_pending", "tlp_high_seq",
+        "tlp_retrans", "loss_probes", "timers", "retransmits", "retrans_stamp",
+        "syn_retries_left", "probes_out", "persist_backoff", "probe_start", "sws_override",
+        "last_rx", "last_tx_data", "challenge_stamp", "challenge_count", "invalid_stamp",
+        "peer_zero_window", "outq", "ack_now", "rst_pending", "syn_pending", "ece_pending",
+        "cwr_pending", "events", "events_dropped", "segs_out", "segs_in", "data_segs_out",
+        "bytes_sent", "bytes_retrans", "bytes_acked", "total_retrans", "total_rto",
+        "total_rto_recoveries", "sack_reneging", "total_rto_time", "dsack_dups",
+        "delivered_segs", "reord_seen", "lost_total", "delivered_ce", "received_ce", "ecn_seen",
+        "last_data_sent", "last_data_recv", "last_ack_recv", "last_ack_sent", "busy_time",
+        "busy_start", "rwnd_limited_time", "rwnd_limited_start", "sndbuf_limited_time",
+        "sndbuf_limited_start", "last_now", "created", "__weakref__",
+    )
+
     def __init__(
         self,
         local: tuple[str, int],
@@ -112,7 +139,7 @@ class ConnectionCore:
     ) -> None:
         if not 0 <= iss <= MASK:
             raise ValueError(f"iss must be a 32-bit sequence number, got {iss!r}")
-        opts: ResolvedOptions = options.resolve()
+        opts: ResolvedOptions = resolve_options(options)
         self.options = options
         self.opts = opts
         profile = opts.profile_obj
@@ -259,7 +286,8 @@ class ConnectionCore:
         self.cwr_pending = False  # ECN: set CWR on the next new data segment
 
         # Events.
-        self.events: collections.deque[Event] = collections.deque()
+        # A list, not a deque: an empty deque still holds a 64-slot block, a list nothing.
+        self.events: list[Event] = []
         self.events_dropped = 0
 
         # Counters for TCPInfo.
@@ -272,6 +300,7 @@ class ConnectionCore:
         self.total_retrans = 0
         self.total_rto = 0
         self.total_rto_recoveries = 0
+        self.sack_reneging = 0  # RTOs that found the peer had reneged (Linux TCPSACKReneging)
         self.total_rto_time = 0.0
         self.dsack_dups = 0
         self.delivered_segs = 0
@@ -315,7 +344,7 @@ class ConnectionCore:
     def _event(self, event: Event) -> None:
         events = self.events
         if len(events) >= MAX_EVENTS:
-            events.popleft()
+            del events[0]  # rare (nobody drains): a 32 KiB memmove
             self.events_dropped += 1
         events.append(event)
 

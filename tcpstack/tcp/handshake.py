@@ -19,6 +19,8 @@ TCP_MIN_SND_MSS = 48  # Linux: the smallest MSS we will send with, whatever the 
 class HandshakeMixin(TimeoutMixin):
     """SYN handling of :class:`tcpstack.tcp.connection.Connection`."""
 
+    __slots__ = ()  # the state lives in ConnectionCore's slots
+
     def _build_syn(self, now: float) -> TcpSegment:
         opts = self.opts
         self.syn_pending = False

@@ -43,6 +43,8 @@ MAX_REO_WND_STEPS = 255
 class RackMixin(SenderMixin):
     """RACK loss detection and TLP for :class:`tcpstack.tcp.connection.Connection`."""
 
+    __slots__ = ()  # the state lives in ConnectionCore's slots
+
     # -- RACK -----------------------------------------------------------------------------
 
     def _rack_update(self, res: AckResult, now: float) -> bool:

@@ -36,11 +36,14 @@ __all__ = ["RecoveryMixin"]
 
 MASK = 0xFFFFFFFF
 MAX_REORDERING = 300  # Linux net.ipv4.tcp_max_reordering
+RENEGING_MIN_DELAY = 0.010  # s, Linux tcp_check_sack_reneging's msecs_to_jiffies(10) floor
 _F_FIN, _F_SYN, _F_ECE = 0x01, 0x02, 0x40
 
 
 class RecoveryMixin(RackMixin):
     """Sender-side ACK processing of :class:`tcpstack.tcp.connection.Connection`."""
+
+    __slots__ = ()  # the state lives in ConnectionCore's slots
 
     def _sack_blocks_of(self, seg: TcpSegment, ack: int) -> list[tuple[int, int]]:
         blocks = []
@@ -89,12 +92,16 @@ class RecoveryMixin(RackMixin):
         if flags & _F_ECE and self.ecn_ok:
             self.delivered_ce += delivered_segs
         acked = ack - prior_una
+        reneged = False
         if acked > 0:
             self.snd_una = ack
             self.bytes_acked += self.sndbuf.ack_to(ack)
             self.retransmits = 0
             first = sb.first()
             self.retrans_stamp = first.first_sent if first is not None else None
+            # RFC 2018 section 8 (Linux FLAG_SACK_RENEGING): the cumulative ACK stopped at a
+            # segment the peer had SACKed, so it has likely dropped its out-of-order queue.
+            reneged = first is not None and first.sacked
 
         # RTT: the scoreboard's Karn-safe sample, else RFC 7323 RTTM from the echoed timestamp.
         rtt_sample = res.rtt_sample
@@ -159,9 +166,23 @@ class RecoveryMixin(RackMixin):
                     self.timers.cancel(kind)
                 self.tlp_pending = False
                 self.retrans_stamp = None
+            elif reneged:
+                self._arm_reneging_timer(now)
             elif not reo_armed and not self._schedule_loss_probe(now, advancing_rto=True):
                 # Linux tcp_set_xmit_timer, unless RACK just armed its reordering timer.
                 self._arm_rto(now)
+
+    def _arm_reneging_timer(self, now: float) -> None:
+        """Linux tcp_check_sack_reneging: give the peer max(srtt/2, 10 ms) to ACK the SACKed
+        data it seems to have discarded (a delayed ACK may still be on its way), then let the
+        RTO forget the SACK marks and resend everything unacknowledged."""
+        srtt = self.rtt.srtt
+        delay = max(srtt / 2 if srtt is not None else 0.0, RENEGING_MIN_DELAY)
+        when = now + delay
+        ut = self.opts.user_timeout
+        if ut is not None and self.retrans_stamp is not None:
+            when = min(when, max(self.retrans_stamp + ut, now))
+        self._set_xmit_timer(TimerKind.RETRANSMIT, when)
 
     def _update_window(
         self, seg: TcpSegment, seq: int, ack: int, now: float, prior_una: int
@@ -395,7 +416,14 @@ class RecoveryMixin(RackMixin):
             self.prior_ssthresh = cc.ssthresh
         before = sb.lost_segments
         cc.on_retransmission_timeout(self._in_flight(), now)
-        sb.mark_all_lost()
+        head = sb.first()
+        if head is not None and head.sacked:
+            # Linux tcp_timeout_mark_lost: the receiver reneged on its SACKs (RFC 2018 section
+            # 8 says a sender must not rely on them past an RTO); retransmit every byte.
+            self.sack_reneging += 1
+            sb.mark_all_lost(clear_sacked=True)
+        else:
+            sb.mark_all_lost()
         newly = sb.lost_segments - before
         if newly > 0:
             self.lost_total += newly

@@ -40,6 +40,8 @@ SENDING_STATES = frozenset({
 class SenderMixin(ConnectionCore):
     """Output path of :class:`tcpstack.tcp.connection.Connection`."""
 
+    __slots__ = ()  # the state lives in ConnectionCore's slots
+
     # -- flight accounting ------------------------------------------------------------
 
     def _in_flight(self) -> int:

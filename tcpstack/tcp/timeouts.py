@@ -20,6 +20,8 @@ _RST = TcpFlags.RST
 class TimeoutMixin(RecoveryMixin):
     """Timer handlers of :class:`tcpstack.tcp.connection.Connection`."""
 
+    __slots__ = ()  # the state lives in ConnectionCore's slots
+
     def _arm_time_wait(self, now: float) -> None:
         self.timers.set(TimerKind.TIME_WAIT, now + self.opts.time_wait)
 

@@ -16,7 +16,7 @@ from links_helpers import numbered
 from tcpstack.links import ImpairmentConfig, ImpairmentModel
 
 N = 20_000
-PACKET = numbered("10.0.0.1", "10.0.0.2", 0, size=1000)
+PACKET = numbered("198.18.0.1", "198.18.0.2", 0, size=1000)
 
 
 Results = list[list[tuple[float, bytes]]]

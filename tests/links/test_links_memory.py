@@ -15,7 +15,7 @@ from links_helpers import ipv4, number_of, numbered
 
 from tcpstack.links import ImpairmentConfig, Link, MemoryLink, MemoryNetwork
 
-A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3"
+A, B, C = "198.18.0.1", "198.18.0.2", "198.18.0.3"
 
 
 async def collect(link: Link, count: int, log: list[tuple[float, bytes]]) -> None:
@@ -63,7 +63,7 @@ async def test_unknown_destination_malformed_and_oversize_are_dropped_and_counte
         b = net.attach(B, mtu=1500)
         a.send_batch(
             [
-                numbered(A, "10.9.9.9", 0),
+                numbered(A, "198.19.9.9", 0),
                 b"\x45short",
                 b"\x60" + bytes(39),  # an IPv6 header is not IPv4
                 numbered(A, B, 1, size=1000),  # larger than the sender's MTU

@@ -25,7 +25,7 @@ from tcpstack.links import (
     PcapTap,
 )
 
-A, B = "10.0.0.1", "10.0.0.2"
+A, B = "198.18.0.1", "198.18.0.2"
 
 
 class Recorder(Middleware):

@@ -378,7 +378,7 @@ class VirtualNetwork:
         self.now = 0.0
         self.server_options = server_options or ConnectionOptions()
         self.server_iss = server_iss
-        self.client = Connection(("10.0.0.1", 40000), ("10.0.0.2", 80), iss=client_iss,
+        self.client = Connection(("198.18.0.1", 40000), ("198.18.0.2", 80), iss=client_iss,
                                  options=client_options or ConnectionOptions(), conn_id=1)
         self.server: Connection | None = None
         self.queue: list[tuple[float, int, str, TcpSegment]] = []
@@ -529,7 +529,7 @@ def run_bulk_flows(
     senders: list[Connection] = []
     receivers: list[Connection | None] = [None] * flows
     for i in range(flows):
-        c = Connection(("10.0.0.1", 40000 + i), ("10.0.0.2", 80), iss=(i * 7919) & MASK,
+        c = Connection(("198.18.0.1", 40000 + i), ("198.18.0.2", 80), iss=(i * 7919) & MASK,
                        options=opts, conn_id=i)
         c.open_active(0.0)
         senders.append(c)

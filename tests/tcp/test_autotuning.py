@@ -33,7 +33,7 @@ def _bulk(
     """
     bdp = int(rate * rtt)
     fwd = Bottleneck(rate=rate, delay=rtt / 2, queue_bytes=max(bdp, 30_000), rng=random.Random(7))
-    sender = Connection(("10.0.0.1", 40000), ("10.0.0.2", 80), iss=0xFFFF0000, options=options)
+    sender = Connection(("198.18.0.1", 40000), ("198.18.0.2", 80), iss=0xFFFF0000, options=options)
     sender.open_active(0.0)
     receiver: Connection | None = None
     events: list[tuple[float, int, str, TcpSegment]] = []
@@ -117,24 +117,24 @@ def test_a_send_buffer_set_by_the_user_is_not_autotuned() -> None:
 
 
 def test_set_options_send_buffer_ends_autotuning() -> None:
-    conn = Connection(("10.0.0.1", 1000), ("10.0.0.2", 80), iss=1)
+    conn = Connection(("198.18.0.1", 1000), ("198.18.0.2", 80), iss=1)
     assert conn.sndbuf_auto and conn.rcv.autotune_max == LINUX.receive_buffer_max
     conn.set_options(send_buffer=20000, receive_buffer=50000)
     assert not conn.sndbuf_auto and conn.rcv.autotune_max == 0
     conn.cc.cwnd = 100 * conn.mss_cache
     conn._sndbuf_expand()  # would grow an autotuned buffer; the caller checks the lock
     assert conn.sndbuf.capacity == 2 * 100 * conn.mss_cache  # the expansion rule itself
-    conn2 = Connection(("10.0.0.1", 1001), ("10.0.0.2", 80), iss=1,
+    conn2 = Connection(("198.18.0.1", 1001), ("198.18.0.2", 80), iss=1,
                        options=ConnectionOptions(send_buffer=20000, receive_buffer=50000))
     assert not conn2.sndbuf_auto and conn2.rcv.autotune_max == 0
 
 
 def test_send_buffer_expansion_is_capped_at_send_buffer_max() -> None:
-    conn = Connection(("10.0.0.1", 1000), ("10.0.0.2", 80), iss=1)
+    conn = Connection(("198.18.0.1", 1000), ("198.18.0.2", 80), iss=1)
     conn.cc.cwnd = 100_000 * conn.mss_cache
     conn._sndbuf_expand()
     assert conn.sndbuf.capacity == LINUX.send_buffer_max
-    small = Connection(("10.0.0.1", 1000), ("10.0.0.2", 80), iss=1)
+    small = Connection(("198.18.0.1", 1000), ("198.18.0.2", 80), iss=1)
     small.mss_cache = 1448
     small.cc.cwnd = 4 * 1448
     small._sndbuf_expand()  # cwnd is the initial window: room for two of them

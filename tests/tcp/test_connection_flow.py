@@ -178,7 +178,7 @@ def test_mss_follows_path_mtu() -> None:
     s = Script().run(PASSIVE)
     c = s.c
     assert c.mss_cache == 1000
-    c.on_icmp(IcmpMessage("10.0.0.254", "192.168.0.1", 3, 4, next_hop_mtu=576), s.now)
+    c.on_icmp(IcmpMessage("198.18.0.254", "192.168.0.1", 3, 4, next_hop_mtu=576), s.now)
     assert c.mss_cache == 536 and c.info(s.now).pmtu == 576
     s.run("""
     +0 write 1072
@@ -197,7 +197,7 @@ def test_pmtu_drop_resends_in_flight_data_at_the_new_mss() -> None:
     c = s.c
     cwnd, ssthresh = c.cc.cwnd, c.cc.ssthresh
     s.advance(s.now + 0.01)
-    c.on_icmp(IcmpMessage("10.0.0.254", "192.168.0.1", 3, 4, next_hop_mtu=576), s.now)
+    c.on_icmp(IcmpMessage("198.18.0.254", "192.168.0.1", 3, 4, next_hop_mtu=576), s.now)
     s._poll()  # the stack polls after every input
     s.run("""
     +0   > . 1:537(536) ack 1
@@ -217,7 +217,7 @@ def test_pmtu_drop_resends_in_flight_data_at_the_new_mss() -> None:
     [(None, 7), (65535, 0), (65536, 1), (6 * 1024 * 1024, 7), (15 * 1024 * 1024, 8), (1 << 30, 14)],
 )
 def test_window_scale_sized_to_receive_buffer(buffer: int | None, scale: int) -> None:
-    c = Connection(("10.0.0.1", 1), ("10.0.0.2", 2), iss=1,
+    c = Connection(("198.18.0.1", 1), ("198.18.0.2", 2), iss=1,
                    options=ConnectionOptions(receive_buffer=buffer))
     c.open_active(0.0)
     syn = c.poll_transmit(0.0)[0]
@@ -239,7 +239,7 @@ def test_window_scale_follows_the_profiles_receive_buffer_max(
     if rmem_max is not None:
         monkeypatch.setitem(config.PROFILES, profile,
                             attrs.evolve(config.PROFILES[profile], receive_buffer_max=rmem_max))
-    c = Connection(("10.0.0.1", 1), ("10.0.0.2", 2), iss=1,
+    c = Connection(("198.18.0.1", 1), ("198.18.0.2", 2), iss=1,
                    options=ConnectionOptions(profile=profile))
     c.open_active(0.0)
     assert c.poll_transmit(0.0)[0].options.wscale == scale

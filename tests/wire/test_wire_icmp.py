@@ -25,7 +25,7 @@ OFFENDER = TcpSegment(src="192.168.0.1", dst="192.0.2.1", sport=8080, dport=5100
 
 
 def test_echo_request_round_trip() -> None:
-    msg = IcmpMessage(src="10.0.0.1", dst="10.0.0.2", type=IcmpType.ECHO_REQUEST, code=0,
+    msg = IcmpMessage(src="198.18.0.1", dst="198.18.0.2", type=IcmpType.ECHO_REQUEST, code=0,
                       ident=0x1234, sequence=7, quoted=b"ping data", ttl=64, ip_id=9)
     packet = build_icmp(msg)
     assert packet[9] == 1 and packet[20:22] == bytes((8, 0))
@@ -37,7 +37,7 @@ def test_echo_request_round_trip() -> None:
 
 def test_echo_reply_returns_the_data() -> None:
     request = parse_packet(build_icmp(IcmpMessage(
-        src="10.0.0.1", dst="10.0.0.2", type=8, code=0, ident=1, sequence=2, quoted=b"abc")))
+        src="198.18.0.1", dst="198.18.0.2", type=8, code=0, ident=1, sequence=2, quoted=b"abc")))
     assert isinstance(request, IcmpMessage)
     reply = attrs.evolve(request, src=request.dst, dst=request.src, type=IcmpType.ECHO_REPLY)
     parsed = parse_packet(build_icmp(reply))
