@@ -27,7 +27,8 @@ import trio
 
 from tcpstack.activity import Activity
 from tcpstack.links.base import Link
-from tcpstack.stack import DEFAULT_BATCH, DEFAULT_EPHEMERAL_PORTS, StackCore, _Listen, running
+from tcpstack.listeners import ListenState
+from tcpstack.stack import DEFAULT_BATCH, DEFAULT_EPHEMERAL_PORTS, StackCore, running
 from tcpstack.tcp import Connection
 from tcpstack.tcp.config import ConnectionOptions, KeepaliveOptions
 from tcpstack.tcp.events import Event
@@ -325,7 +326,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
 class TCPListener(trio.abc.Listener[TCPStream]):
     """A listening port of a :class:`Stack`."""
 
-    def __init__(self, stack: StackCore, listen: _Listen) -> None:
+    def __init__(self, stack: StackCore, listen: ListenState) -> None:
         self.stack = stack
         self._listen = listen
 

@@ -34,7 +34,8 @@ from typing import Any
 import attrs
 import trio
 
-from tcpstack.stack import StackCore, _Listen
+from tcpstack.listeners import ListenState
+from tcpstack.stack import StackCore
 from tcpstack.tcp import Connection
 from tcpstack.tcp.config import ConnectionOptions, KeepaliveOptions
 from tcpstack.tcp.congestion import create_congestion_control
@@ -196,7 +197,7 @@ class SocketType:
         self._registry = _registry(stack)
         self._fd = self._registry.allocate_fd()
         self._conn = conn
-        self._listen: _Listen | None = None
+        self._listen: ListenState | None = None
         self._bound: tuple[str, int] | None = conn.local if conn is not None else None
         self._blocking = True
         self._closed = False

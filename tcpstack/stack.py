@@ -6,11 +6,9 @@ Everything that makes a connection emit segments (arrivals, timers, application 
 :meth:`StackCore.flush`, which polls the engines, builds the packets and hands them to the link as one
 batch. The engines themselves (:mod:`tcpstack.tcp`) never see trio.
 
-Listeners keep a bounded SYN queue and accept queue; when the SYN queue is full the stack answers
-with SYN cookies (:mod:`tcpstack.isn`) as Linux does with ``net.ipv4.tcp_syncookies = 1``. ICMP
-errors are checked against the quoted connection (RFC 5927) and handed to its engine; for a
-connect in progress, "port/protocol unreachable" is a hard error and "net/host unreachable" a
-soft one (RFC 1122 4.2.3.9) that names the failure if the SYN retries run out.
+Passive opens (bounded SYN and accept queues, SYN cookies) live in :mod:`tcpstack.listeners`,
+ICMP error handling (RFC 1122, RFC 5927) in :mod:`tcpstack.icmp_errors`; both are mixins of
+:class:`StackCore`.
 
 This is the only module that owns tasks; :mod:`tcpstack.api` wraps connections as trio streams.
 """
@@ -21,11 +19,9 @@ import errno
 import heapq
 import itertools
 import logging
-import os
 import random
 import time
 import weakref
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -33,44 +29,30 @@ import attrs
 import trio
 
 from tcpstack.activity import Activity, ActivityMeter, ActivityReport
+from tcpstack.icmp_errors import IcmpMixin
 from tcpstack.isn import IsnGenerator, SynCookies
 from tcpstack.links.base import Link
+from tcpstack.listeners import COOKIE_WINDOW, ConnKey, ListenerMixin, ListenState
 from tcpstack.tcp import Connection
 from tcpstack.tcp.config import ConnectionOptions, SynFinPolicy, get_profile
 from tcpstack.tcp.info import TCPInfo
-from tcpstack.tcp.seq import unwrap
 from tcpstack.tcp.state import TcpState
 from tcpstack.wire import ChecksumError, MalformedPacket, build_packet, parse_packet
 from tcpstack.wire.segment import (
     IcmpMessage,
-    IcmpType,
     TcpFlags,
     TcpSegment,
 )
 
-__all__ = ["StackCore", "StackStats", "ConnectionEntry", "running", "ICMP_UNREACH_ERRNO"]
+__all__ = ["StackCore", "StackStats", "ConnectionEntry", "running"]
 
 log = logging.getLogger(__name__)
-
-# Key of a connection in the demultiplexing table: (local port, remote address, remote port).
-# The local address is the stack's own.
-ConnKey = tuple[int, str, int]
 
 MASK = 0xFFFFFFFF
 DEFAULT_EPHEMERAL_PORTS = range(49152, 65536)  # RFC 6335 section 6 dynamic ports
 DEFAULT_BATCH = 64
-COOKIE_WINDOW = 120.0  # s after a SYN queue overflow during which cookie ACKs are checked (Linux)
 _SYN, _ACK, _RST, _FIN = TcpFlags.SYN, TcpFlags.ACK, TcpFlags.RST, TcpFlags.FIN
-PROTO_TCP = 6
 
-# Linux icmp_err_convert for destination unreachable: code -> errno. RFC 1122 4.2.3.9 makes
-# codes 2 (protocol) and 3 (port) hard errors for a connect; the others are soft here.
-ICMP_UNREACH_ERRNO = {
-    0: errno.ENETUNREACH, 1: errno.EHOSTUNREACH, 2: errno.ENOPROTOOPT, 3: errno.ECONNREFUSED,
-    4: errno.EMSGSIZE, 5: errno.EOPNOTSUPP, 6: errno.ENETUNREACH, 7: errno.EHOSTDOWN,
-    8: errno.ENONET, 9: errno.ENETUNREACH, 10: errno.EHOSTUNREACH, 11: errno.ENETUNREACH,
-    12: errno.EHOSTUNREACH, 13: errno.EHOSTUNREACH, 14: errno.EHOSTUNREACH, 15: errno.EHOSTUNREACH,
-}
 _ENGINE_ERRNO = {
     "connection reset by peer": errno.ECONNRESET,
     "connection refused": errno.ECONNREFUSED,
@@ -115,21 +97,7 @@ class ConnectionEntry:
     info: TCPInfo
 
 
-class _Listen:
-    """A listening port: bounded SYN queue (half-open) and accept queue (established)."""
-
-    def __init__(self, port: int, backlog: int, options: ConnectionOptions) -> None:
-        self.port = port
-        self.backlog = backlog
-        self.options = options
-        self.half_open: set[ConnKey] = set()
-        self.accept_queue: deque[Connection] = deque()
-        self.lot = trio.lowlevel.ParkingLot()
-        self.closed = False
-        self.last_overflow = -float("inf")
-
-
-class StackCore:
+class StackCore(ListenerMixin, IcmpMixin):
     """The runtime of a user-level TCP/IP stack bound to one link and one IPv4 address.
 
     :class:`tcpstack.api.Stack` adds the application-facing calls; create one with
@@ -170,8 +138,8 @@ class StackCore:
         self._random = random.Random(seed)
         self._conns: dict[ConnKey, Connection] = {}
         self._waiters: dict[int, trio.lowlevel.ParkingLot] = {}
-        self._owner: dict[int, _Listen] = {}  # half-open passive connections -> their listener
-        self._listeners: dict[int, _Listen] = {}
+        self._owner: dict[int, ListenState] = {}  # half-open passive connections -> their listener
+        self._listeners: dict[int, ListenState] = {}
         self._soft_errors: weakref.WeakKeyDictionary[Connection, OSError] = weakref.WeakKeyDictionary()
         self._ids = itertools.count(1)
         # One heap entry per connection at most: the earliest deadline it has asked for. A
@@ -251,7 +219,7 @@ class StackCore:
         self.touch(conn)
         return conn
 
-    def listen(self, port: int, backlog: int, options: ConnectionOptions | None = None) -> _Listen:
+    def listen(self, port: int, backlog: int, options: ConnectionOptions | None = None) -> ListenState:
         if self._closing:
             raise trio.ClosedResourceError("the stack is closing")
         if not 0 < port < 65536:
@@ -260,11 +228,11 @@ class StackCore:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
         if port in self._listeners:
             raise OSError(errno.EADDRINUSE, f"port {port} is already listening")
-        listener = _Listen(port, backlog, options or self.options)
+        listener = ListenState(port, backlog, options or self.options)
         self._listeners[port] = listener
         return listener
 
-    def unlisten(self, listener: _Listen) -> None:
+    def unlisten(self, listener: ListenState) -> None:
         listener.closed = True
         if self._listeners.get(listener.port) is listener:
             del self._listeners[listener.port]
@@ -294,7 +262,7 @@ class StackCore:
             lot = self._waiters[conn.conn_id] = trio.lowlevel.ParkingLot()
         await lot.park()
 
-    async def wait_accept(self, listener: _Listen) -> None:
+    async def wait_accept(self, listener: ListenState) -> None:
         await listener.lot.park()
 
     def flush(self) -> None:
@@ -518,65 +486,6 @@ class StackCore:
         self.stats.no_connection += 1
         self._reset_closed(seg)
 
-    # ------------------------------------------------------------------ listeners, SYN cookies
-
-    def _accept_queue_full(self, conn: Connection, seg: TcpSegment) -> bool:
-        listener = self._owner.get(conn.conn_id)
-        return (
-            listener is not None
-            and seg.flags & (_ACK | _SYN | _RST) == _ACK
-            and len(listener.accept_queue) >= listener.backlog
-        )
-
-    def _listen_syn(self, listener: _Listen, syn: TcpSegment, key: ConnKey, now: float) -> None:
-        if len(listener.accept_queue) >= listener.backlog:
-            # Linux tcp_conn_request: with the accept queue full even a cookie would not help.
-            self.stats.accept_queue_overflows += 1
-            return
-        if self.syncookies == 2 or len(listener.half_open) >= listener.backlog:
-            self.stats.syn_queue_overflows += 1
-            listener.last_overflow = now
-            if self.syncookies:
-                self._send_cookie(listener, syn, now)
-            return  # without cookies the SYN is dropped; the peer retransmits it
-        conn = Connection.from_syn(
-            syn,
-            iss=self._isn(self.address, syn.dport, syn.src, syn.sport, now),
-            options=listener.options,
-            now=now,
-            conn_id=next(self._ids),
-        )
-        self._add(conn, key)
-        listener.half_open.add(key)
-        self._owner[conn.conn_id] = listener
-        self._mark(conn)
-
-    def _send_cookie(self, listener: _Listen, syn: TcpSegment, now: float) -> None:
-        """Answer ``syn`` with a SYN-ACK whose ISN is a cookie, keeping no state."""
-        checksum = self._checksum
-        segments = self._cookies.syn_ack(syn, listener.options, now)
-        self.stats.syncookies_sent += 1
-        self._send([build_packet(seg, checksum=checksum) for seg in segments])
-
-    def _cookie_ack(self, listener: _Listen, ack: TcpSegment, key: ConnKey, now: float) -> bool:
-        """Rebuild a connection from a valid cookie ACK; False if ``ack`` carries no valid cookie
-        (the caller then answers with a RST, as for any closed port)."""
-        index = self._cookies.validate(ack, now)
-        if index is None:
-            return False
-        if len(listener.accept_queue) >= listener.backlog:
-            self.stats.accept_queue_overflows += 1
-            return True  # dropped, as Linux does; the peer's retransmission may find room
-        conn = self._cookies.rebuild(ack, index, listener.options, now, next(self._ids))
-        if conn is None:
-            return False
-        self.stats.syncookies_recv += 1
-        self._add(conn, key)
-        self._owner[conn.conn_id] = listener
-        self._settle_passive(conn)
-        self._mark(conn)
-        return True
-
     def _reset_closed(self, seg: TcpSegment) -> None:
         # RFC 9293 section 3.10.7.1: a segment to a CLOSED port gets a RST, unless it is one.
         if seg.flags & _RST:
@@ -594,42 +503,6 @@ class StackCore:
         self.stats.resets_sent += 1
         self._send([build_packet(rst, checksum=self._checksum)])
 
-    # ------------------------------------------------------------------ ICMP
-
-    def _icmp(self, msg: IcmpMessage, now: float) -> None:
-        stats = self.stats
-        stats.icmp_in += 1
-        if (
-            msg.dst != self.address
-            or msg.type not in (IcmpType.DEST_UNREACHABLE, IcmpType.TIME_EXCEEDED, IcmpType.SOURCE_QUENCH)
-            or msg.quoted_protocol != PROTO_TCP
-            or msg.quoted_src != self.address
-            or msg.quoted_dst is None
-            or msg.quoted_sport is None
-            or msg.quoted_dport is None
-            or msg.quoted_seq is None
-        ):
-            stats.icmp_ignored += 1
-            return
-        conn = self._conns.get((msg.quoted_sport, msg.quoted_dst, msg.quoted_dport))
-        if conn is None or conn.state is TcpState.TIME_WAIT:
-            stats.icmp_ignored += 1
-            return
-        # RFC 5927 section 4.1 (Linux tcp_v4_err): only a quote of data in flight is believable;
-        # anything else may be an off-path attacker guessing the 4-tuple.
-        seq = unwrap(msg.quoted_seq, conn.snd_una)
-        if not conn.snd_una <= seq <= conn.snd_nxt:
-            stats.icmp_out_of_window += 1
-            return
-        if msg.type == IcmpType.DEST_UNREACHABLE and msg.code != 4:
-            code = ICMP_UNREACH_ERRNO.get(msg.code, errno.EHOSTUNREACH)
-            # Soft error (RFC 1122 4.2.3.9): remembered, reported if the connection times out.
-            self._soft_errors[conn] = OSError(
-                code, f"{_errno_text(code)} (ICMP type 3 code {msg.code} from {msg.src})"
-            )
-        conn.on_icmp(msg, now)  # the IcmpReceived event; hard errors; path MTU (RFC 1191)
-        self._mark(conn)
-
     # ------------------------------------------------------------------ output and bookkeeping
 
     def _schedule(self, conn: Connection) -> None:
@@ -643,23 +516,6 @@ class StackCore:
                 scope = self._timer_scope
                 if scope is not None and deadline < scope.deadline:
                     scope.deadline = deadline
-
-    def _settle_passive(self, conn: Connection) -> None:
-        """A passive connection that left SYN-RECEIVED: into the accept queue, or gone."""
-        listener = self._owner.get(conn.conn_id)
-        state = conn.state
-        if listener is None or state is TcpState.SYN_RECEIVED:
-            return
-        listener.half_open.discard(self._key(conn))
-        del self._owner[conn.conn_id]
-        if state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) and not listener.closed:
-            if len(listener.accept_queue) < listener.backlog:
-                listener.accept_queue.append(conn)
-                listener.lot.unpark_all()
-            else:
-                self.stats.accept_queue_overflows += 1
-                conn.abort()
-                self._mark(conn)
 
     def _after_change(self, conn: Connection) -> None:
         if self._owner:
@@ -718,10 +574,6 @@ class StackCore:
                 conn.abort()
                 self._mark(conn)
         self.flush()
-
-
-def _errno_text(code: int) -> str:
-    return os.strerror(code).lower()
 
 
 @asynccontextmanager
