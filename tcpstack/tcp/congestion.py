@@ -42,6 +42,8 @@ OptionValue = bool | int | float
 
 
 def _check_size(name: str, value: int, *, minimum: int) -> None:
+    if type(value) is int and value >= minimum:
+        return  # the per-packet common case, before the slower checks that explain a failure
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int number of bytes, got {value!r}")
     if value < minimum:

@@ -354,14 +354,23 @@ class Scoreboard:
         acked_bytes = 0
         delivered_bytes = 0
         recs = self._recs
-        if len(recs) > self._head and recs[self._head].start < snd_una:
-            self._split_at(snd_una)
-            head = self._head
-            while head < len(recs) and recs[head].end <= snd_una:
+        head = self._head
+        nrecs = len(recs)
+        if nrecs > head and recs[head].start < snd_una:
+            # Linux tcp_clean_rtx_queue: walk the whole records the ACK covers from the head;
+            # only an ACK ending inside a record (a partial ACK) needs the split, and the walk
+            # finds that record without a search.
+            while head < nrecs:
                 r = recs[head]
+                if r.end > snd_una:
+                    if r.start >= snd_una:
+                        break
+                    self._split_at(snd_una)  # r keeps the acknowledged lower part
+                    nrecs = len(recs)
                 head += 1
-                self._account(r, -1)
                 n = r.end - r.start
+                if r.sacked or r.lost or r.retrans_in_flight:
+                    self._account(r, -1)
                 self._bytes_out -= n
                 acked_bytes += n
                 if not r.sacked:
@@ -382,10 +391,10 @@ class Scoreboard:
         # SACK blocks (RFC 2018 sanity, as Linux tcp_is_sackblock_valid): only blocks inside
         # (snd_una, snd_nxt] count. An old ACK (below our snd_una) is judged by ours.
         snd_nxt = self._snd_nxt
-        front = self.snd_una
-        floor = snd_una if front is None else max(snd_una, front)
         valid: list[tuple[int, int]] = []
-        if snd_nxt is not None:
+        if blocks and snd_nxt is not None:
+            front = self.snd_una
+            floor = snd_una if front is None else max(snd_una, front)
             for lo, hi in blocks:
                 if floor < lo < hi <= snd_nxt:
                     valid.append((lo, hi))

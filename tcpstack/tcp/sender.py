@@ -14,7 +14,7 @@ from tcpstack.tcp.core import ConnectionCore
 from tcpstack.tcp.events import LossProbeSent, RetransmitKind, SegmentRetransmitted
 from tcpstack.tcp.state import CaState, TcpState
 from tcpstack.tcp.timers import TimerKind
-from tcpstack.wire.segment import TcpFlags, TcpSegment
+from tcpstack.wire.segment import TcpFlags, TcpOptions, TcpSegment
 
 __all__ = ["SenderMixin"]
 
@@ -107,6 +107,10 @@ class SenderMixin(ConnectionCore):
         emit = self._emit
         on_sent = sb.on_sent
         xmit_timer_checked = False
+        # Without SACK blocks every segment of this loop carries the same options (timestamps
+        # of ``now``): build them once. Blocks are rebuilt per segment, since a D-SACK block
+        # goes out only once.
+        seg_options: TcpOptions | None = None
         while True:
             data_end = sndbuf.end
             snd_nxt = self.snd_nxt
@@ -162,7 +166,12 @@ class SenderMixin(ConnectionCore):
             self.sws_override = False
             payload = sndbuf.data(snd_nxt, n) if n else b""
             seg_end = end + (1 if fin else 0)
-            seg = emit(snd_nxt, flags, now, payload, tos=data_tos if n else 0)
+            options = seg_options
+            if options is None:
+                options = self._options(now, sack=True)
+                if not options.sack_blocks:
+                    seg_options = options
+            seg = emit(snd_nxt, flags, now, payload, options=options, tos=data_tos if n else 0)
             out.append(seg)
             on_sent(snd_nxt, seg_end, now, retransmit=False, rate=rate, fin=fin)
             self.snd_nxt = seg_end

@@ -38,16 +38,24 @@ class Timers:
         self._earliest: float | None = None
 
     def set(self, kind: TimerKind, when: float) -> None:
-        self._deadlines[kind] = when
-        if self._earliest is None or when < self._earliest:
+        deadlines = self._deadlines
+        old = deadlines[kind]
+        deadlines[kind] = when
+        earliest = self._earliest
+        if earliest is None or when <= earliest:
             self._earliest = when
-        else:
+        elif old == earliest:
+            # Only moving the earliest deadline later can change the minimum: the per-ACK
+            # re-arm of the RTO / PTO is this case, and the rest stays O(1).
             self._recompute()
 
     def cancel(self, kind: TimerKind) -> None:
-        if self._deadlines[kind] is not None:
-            self._deadlines[kind] = None
-            self._recompute()
+        deadlines = self._deadlines
+        old = deadlines[kind]
+        if old is not None:
+            deadlines[kind] = None
+            if old == self._earliest:
+                self._recompute()
 
     def cancel_all(self) -> None:
         self._deadlines = [None] * len(_KINDS)
@@ -73,8 +81,11 @@ class Timers:
         return due
 
     def _recompute(self) -> None:
-        live = [d for d in self._deadlines if d is not None]
-        self._earliest = min(live) if live else None
+        earliest: float | None = None
+        for d in self._deadlines:
+            if d is not None and (earliest is None or d < earliest):
+                earliest = d
+        self._earliest = earliest
 
     def __repr__(self) -> str:
         items = ", ".join(
