@@ -7,7 +7,10 @@ Hypothesis runs derandomised (the same examples on every run, so CI is determini
 from __future__ import annotations
 
 import os
+import random
 
+import pytest
+import trio
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -22,3 +25,13 @@ settings.load_profile("thorough" if os.environ.get("TCPSTACK_HYPOTHESIS") == "th
 def scaled_examples(n: int) -> int:
     """Example count for a property test: ``n`` in CI, ten times that when thorough."""
     return n * 10 if os.environ.get("TCPSTACK_HYPOTHESIS") == "thorough" else n
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_trio_scheduling() -> None:
+    """trio shuffles each batch of runnable tasks with a module-level, unseeded RNG (to flush out
+    code that depends on scheduling order). Seed it per test so that a failure replays exactly;
+    different tests still see different interleavings."""
+    rng = getattr(getattr(trio._core, "_run", None), "_r", None)
+    if isinstance(rng, random.Random):
+        rng.seed(0)

@@ -10,6 +10,7 @@ import attrs
 import trio
 
 from tcpstack.api import Stack, TCPStream
+from tcpstack.tcp import Connection
 from tcpstack.tcp.state import TcpState
 
 A = "198.18.0.1"
@@ -30,10 +31,13 @@ class Side:
 
 
 async def _run_side(
-    get_stream: Callable[[], Awaitable[TCPStream]], data: bytes, side: Side, chunk: int
+    get_stream: Callable[[], Awaitable[TCPStream]], data: bytes, side: Side, chunk: int,
+    engines: dict[tuple[str, int, str, int], Connection] | None = None,
 ) -> None:
     stream = await get_stream()
     side.stream = stream
+    if engines is not None:
+        engines[(*stream.conn.local, *stream.conn.remote)] = stream.conn
 
     async def tx() -> None:
         await stream.send_all(data)
@@ -47,15 +51,19 @@ async def _run_side(
 
 
 async def exchange(
-    sa: Stack, sb: Stack, up: bytes, down: bytes, *, port: int = 5001, chunk: int = 65536
+    sa: Stack, sb: Stack, up: bytes, down: bytes, *, port: int = 5001, chunk: int = 65536,
+    engines: dict[tuple[str, int, str, int], Connection] | None = None,
 ) -> tuple[Side, Side]:
     """A (client) sends ``up`` while B (server) sends ``down``; both half-close, read to EOF and
-    close. Returns (client side, server side)."""
+    close. Returns (client side, server side). ``engines``, if given, is filled with each side's
+    engine under its (local address, local port, remote address, remote port) as it opens."""
     listener = await sb.open_tcp_listener(port)
     client, server = Side(), Side()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_run_side, listener.accept, down, server, chunk)
-        nursery.start_soon(_run_side, lambda: sa.open_tcp_stream(B, port), up, client, chunk)
+        nursery.start_soon(_run_side, listener.accept, down, server, chunk, engines)
+        nursery.start_soon(
+            _run_side, lambda: sa.open_tcp_stream(B, port), up, client, chunk, engines
+        )
     await listener.aclose()
     return client, server
 
