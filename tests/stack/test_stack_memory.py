@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import random
-
 import pytest
 import trio
+from stack_helpers import exchange, payload, sha
 
 from tcpstack import open_stack
 from tcpstack.links import ImpairmentConfig, MemoryNetwork
@@ -16,53 +14,18 @@ A = "198.18.0.1"
 B = "198.18.0.2"
 
 
-def _payload(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
 async def _transfer(
     net: MemoryNetwork, size: int, *, a_cfg: ImpairmentConfig | None = None,
     b_cfg: ImpairmentConfig | None = None,
-) -> tuple[bytes, bytes]:
-    """Client on A sends ``size`` bytes and receives ``size`` bytes back from B at once."""
-    up = _payload(size, 1)
-    down = _payload(size, 2)
-    got_up = bytearray()
-    got_down = bytearray()
+) -> None:
+    """Client on A sends ``size`` bytes while B sends ``size`` bytes back; both arrive intact."""
+    up, down = payload(size, 1), payload(size, 2)
     link_a = net.attach(A, impairment=a_cfg)
     link_b = net.attach(B, impairment=b_cfg)
     async with open_stack(link_a, seed=1) as sa, open_stack(link_b, seed=2) as sb:
-        listener = await sb.open_tcp_listener(5001)
-
-        async def server() -> None:
-            stream = await listener.accept()
-            async with trio.open_nursery() as n:
-                async def tx() -> None:
-                    await stream.send_all(down)
-                    await stream.send_eof()
-                n.start_soon(tx)
-                while chunk := await stream.receive_some(65536):
-                    got_up.extend(chunk)
-            await stream.aclose()
-
-        async def client() -> None:
-            stream = await sa.open_tcp_stream(B, 5001)
-            async with trio.open_nursery() as n:
-                async def tx() -> None:
-                    await stream.send_all(up)
-                    await stream.send_eof()
-                n.start_soon(tx)
-                while chunk := await stream.receive_some(65536):
-                    got_down.extend(chunk)
-            await stream.aclose()
-
-        async with trio.open_nursery() as n:
-            n.start_soon(server)
-            n.start_soon(client)
-        await listener.aclose()
-    assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
-    assert hashlib.sha256(got_down).digest() == hashlib.sha256(down).digest()
-    return bytes(got_up), bytes(got_down)
+        client, server = await exchange(sa, sb, up, down)
+    assert sha(server.received) == sha(up)
+    assert sha(client.received) == sha(down)
 
 
 async def test_bidirectional_transfer_clean_network(autojump_clock: trio.abc.Clock) -> None:
