@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-DEBIAN_PACKAGES=(libpcap-dev nftables iptables iproute2 ethtool tcpdump tshark)
+DEBIAN_PACKAGES=(libpcap-dev nftables iptables iproute2 ethtool tcpdump tshark curl nginx)
 want_system=1
 for arg in "$@"; do
   case "$arg" in
@@ -27,8 +27,15 @@ if [ "$want_system" = 1 ] && [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     # tshark asks whether non-root users may capture; answer it up front.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    # Packages with daemons (nginx) must not start them: tests start their own servers in
+    # network namespaces. policy-rc.d exit code 101 means "action not allowed".
+    own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
   else
     echo "setup: not root, so these Debian packages were not installed: ${missing[*]}" >&2
     echo "setup: ask an administrator to run: apt-get install ${missing[*]}" >&2
