@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from tcpstack import __version__
+
+#: Subcommands living in tcpstack.commands: name -> (one-line help, module).
+_COMMANDS = {
+    "get": ("HTTP/1.1 GET of a URL over the user-level stack, like curl",
+            "tcpstack.commands.get"),
+    "serve": ("a static HTTP server on the user-level stack", "tcpstack.commands.serve"),
+    "ss": ("connections of every running stack on this host, like ss -ti",
+           "tcpstack.commands.ss"),
+    "capture": ("record one running stack's packets to a pcap file",
+                "tcpstack.commands.capture"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Two stacks on an impaired in-memory network; one bulk transfer with a live "
         "line of the sender's cwnd/srtt/retransmits, then TCPInfo, activity accounting and a PNG.",
     ))
+    for name, (summary, module) in _COMMANDS.items():
+        importlib.import_module(module).add_arguments(
+            commands.add_parser(name, help=summary, description=summary)
+        )
     return parser
 
 
@@ -45,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tcpstack.demo import main_from_args
 
         return main_from_args(args)
+    if args.command in _COMMANDS:
+        module = importlib.import_module(_COMMANDS[args.command][1])
+        return int(module.main_from_args(args))
     parser.error(f"unknown command {args.command!r}")
     return 2
 
