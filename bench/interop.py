@@ -28,11 +28,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from testbeds.netns import Namespace, Testnet, entered, offloads, root_skip_reason
+from testbeds.netns import Testnet, entered, offloads, root_skip_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTCP_VENV = Path(os.environ.get("PYTCP_VENV", "/tmp/tcpstack-bench-pytcp"))
@@ -151,53 +153,44 @@ def _route_to(net: Testnet, prefix: str) -> None:
     net.server.run("ip", "route", "replace", prefix, "via", net.client_addr)
 
 
-def user_tun(net: Testnet, nbytes: int, *, offload: bool) -> dict[str, float]:
-    from tcpstack.links.tun import open_tun_link
+async def _in_namespace(net: Testnet, open_link: Callable[[], Any], direction: str, nbytes: int,
+                        ports: range | None) -> float:
+    """Open the link inside the client namespace (its fds stay there), then transfer."""
+    with entered(net.client):
+        cm = open_link()
+        link = await cm.__aenter__()
+    try:
+        return await _user_transfer(link, net, direction, nbytes, ports)
+    finally:
+        await cm.__aexit__(None, None, None)
 
-    _route_to(net, "198.18.254.0/30")
+
+def _user(net: Testnet, open_link: Callable[[], Any], nbytes: int,
+          ports: range | None) -> dict[str, float]:
     rates = {}
     for direction, peer_mode in (("download", "send"), ("upload", "recv")):
         peer = _peer(net, peer_mode, nbytes)
-
-        async def main() -> float:
-            with entered(net.client):
-                cm = open_tun_link(offload=offload)
-                link = await cm.__aenter__()
-            try:
-                return await _user_transfer(link, net, direction, nbytes, None)
-            finally:
-                await cm.__aexit__(None, None, None)
-
-        sent_rate = trio.run(main)
+        sent_rate = trio.run(_in_namespace, net, open_link, direction, nbytes, ports)
         received = _peer_result(peer, 60)
         rates[direction] = (received["bytes"] / received["seconds"] / 1e6
                             if direction == "upload" else sent_rate)
     return rates
+
+
+def user_tun(net: Testnet, nbytes: int, *, offload: bool) -> dict[str, float]:
+    from tcpstack.links.tun import open_tun_link
+
+    _route_to(net, "198.18.254.0/30")
+    return _user(net, lambda: open_tun_link(offload=offload), nbytes, None)
 
 
 def user_pcap(net: Testnet, nbytes: int) -> dict[str, float]:
     from tcpstack.links.pcap import open_pcap_link
 
-    rates = {}
     ports = range(40000, 41000)
-    for direction, peer_mode in (("download", "send"), ("upload", "recv")):
-        peer = _peer(net, peer_mode, nbytes)
-
-        async def main() -> float:
-            with entered(net.client):
-                cm = open_pcap_link(net.client_dev, address=net.client_addr, ports=ports,
-                                    netns=net.client.name)
-                link = await cm.__aenter__()
-            try:
-                return await _user_transfer(link, net, direction, nbytes, ports)
-            finally:
-                await cm.__aexit__(None, None, None)
-
-        sent_rate = trio.run(main)
-        received = _peer_result(peer, 60)
-        rates[direction] = (received["bytes"] / received["seconds"] / 1e6
-                            if direction == "upload" else sent_rate)
-    return rates
+    return _user(net, lambda: open_pcap_link(net.client_dev, address=net.client_addr,
+                                             ports=ports, netns=net.client.name),
+                 nbytes, ports)
 
 
 def _pytcp_python() -> Path | None:
