@@ -1,0 +1,276 @@
+"""overlay.metrics: every formula of the module docstring against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from overlay.config import MetricSettings
+from overlay.messages import LinkAdvert
+from overlay.metrics import LinkEstimator, pftk_throughput
+from tcpstack.tcp.info import TCPInfo
+
+U32_MAX = 0xFFFF_FFFF
+
+
+def snap(**fields: Any) -> TCPInfo:
+    """An ESTABLISHED snapshot, no RTT sample yet (min_rtt ~0U as Linux reports it)."""
+    base: dict[str, Any] = {"state": 1, "min_rtt": U32_MAX, "snd_mss": 1460}
+    base.update(fields)
+    return TCPInfo.zeros(**base)
+
+
+def estimator(**settings: Any) -> LinkEstimator:
+    return LinkEstimator("b", MetricSettings(**settings))
+
+
+# -- PFTK --------------------------------------------------------------------------------------
+
+
+def test_pftk_worked_example() -> None:
+    # mss 1460 B, RTT 100 ms, T0 400 ms, p = 1%, b = 2:
+    #   RTT * sqrt(2bp/3)             = 0.1 * sqrt(0.04/3)       = 0.1 * 0.1154700538 = 0.0115470054
+    #   min(1, 3 sqrt(3bp/8))         = 3 * sqrt(0.0075)         = 0.2598076211
+    #   p (1 + 32 p^2)                = 0.01 * 1.0032            = 0.010032
+    #   T0 term                       = 0.4 * 0.2598076211 * 0.010032 = 0.0010425560
+    #   B = 1 / (0.0115470054 + 0.0010425560) = 1 / 0.0125895614 = 79.43099 packets/s
+    #   * 1460 B                      = 115 969.2 B/s
+    assert pftk_throughput(1460, 0.1, 0.4, 0.01) == pytest.approx(115_969.2, rel=1e-6)
+
+
+def test_pftk_timeout_term_saturates_at_high_loss() -> None:
+    # mss 1000, RTT 50 ms, T0 200 ms, p = 20%: 3 sqrt(3bp/8) = 3 sqrt(0.15) = 1.16 -> min = 1
+    #   0.05 * sqrt(0.8/3) = 0.05 * 0.5163977795      = 0.0258198890
+    #   0.2 * 1 * 0.2 * (1 + 32 * 0.04) = 0.04 * 2.28  = 0.0912
+    #   B = 1 / 0.1170198890 = 8.545556 packets/s -> 8545.556 B/s
+    assert pftk_throughput(1000, 0.05, 0.2, 0.2) == pytest.approx(8545.556, rel=1e-6)
+
+
+def test_pftk_window_limit() -> None:
+    # p = 0.01%: the loss term allows ~865 packets/s, a 10-packet window only 10 / 0.1 = 100.
+    assert pftk_throughput(1460, 0.1, 0.4, 0.0001, wmax=10) == pytest.approx(146_000.0)
+    assert pftk_throughput(1460, 0.1, 0.4, 0.0, wmax=10) == pytest.approx(146_000.0)
+    assert pftk_throughput(1460, 0.1, 0.4, 0.0) == math.inf
+
+
+def test_pftk_without_timeouts_is_the_square_root_law() -> None:
+    # T0 = 0 leaves Mathis et al.: B = MSS / (RTT sqrt(2bp/3)).
+    mss, rtt, p, b = 1460, 0.08, 0.002, 1
+    assert pftk_throughput(mss, rtt, 0.0, p, b) == pytest.approx(
+        mss / (rtt * math.sqrt(2 * b * p / 3))
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(0, 0.1, 0.2, 0.01), (1460, 0.0, 0.2, 0.01), (1460, 0.1, -1, 0.01), (1460, 0.1, 0.2, 1.5)],
+)
+def test_pftk_rejects_bad_arguments(args: tuple[float, float, float, float]) -> None:
+    with pytest.raises(ValueError):
+        pftk_throughput(*args)
+
+
+# -- loss --------------------------------------------------------------------------------------
+
+
+def test_loss_window_and_ewma_steps() -> None:
+    est = estimator(loss_window=100, loss_alpha=0.25, loss_floor=0.001)
+    # 100 new segments, none retransmitted: window [(100, 0)], raw 0, ewma 0 -> the floor.
+    est.on_info(snap(data_segs_out=100), 1.0)
+    assert est.raw_loss == 0.0 and est.loss() == 0.001
+    # +80 new, +20 retransmitted: sent 100; (100, 0) leaves the window -> [(100, 20)],
+    # raw 0.2, ewma 0 + 0.25 * 0.2 = 0.05.
+    est.on_info(snap(data_segs_out=180, total_retrans=20), 1.5)
+    assert est.raw_loss == pytest.approx(0.2) and est.loss() == pytest.approx(0.05)
+    # +50 new: 150 in the window, the oldest is cut to its newest 50 (10 retransmitted) ->
+    # [(50, 10), (50, 0)], raw 0.1, ewma 0.05 + 0.25 * (0.1 - 0.05) = 0.0625.
+    est.on_info(snap(data_segs_out=230, total_retrans=20), 2.0)
+    assert est.raw_loss == pytest.approx(0.1) and est.loss() == pytest.approx(0.0625)
+    # Nothing sent: no loss sample, nothing changes.
+    est.on_info(snap(data_segs_out=230, total_retrans=20), 2.5)
+    assert est.loss() == pytest.approx(0.0625)
+
+
+def test_loss_floor() -> None:
+    est = estimator(loss_window=1000, loss_floor=0.01)
+    assert est.loss() == 0.01  # before any sample
+    # 1 retransmission in 1000 sent: raw and ewma 0.001, below the floor.
+    est.on_info(snap(data_segs_out=999, total_retrans=1), 1.0)
+    assert est.raw_loss == pytest.approx(0.001)
+    assert est.loss() == 0.01
+    assert estimator(loss_floor=0.0).loss() == 0.0
+
+
+def test_dsack_reported_retransmissions_are_not_losses() -> None:
+    est = estimator(loss_window=1000)
+    # 90 new + 10 retransmitted, 4 of them reported spurious by DSACK: 6 losses in 100 sent.
+    est.on_info(snap(data_segs_out=90, total_retrans=10, dsack_dups=4), 1.0)
+    assert est.raw_loss == pytest.approx(0.06) and est.loss() == pytest.approx(0.06)
+
+
+def test_retransmissions_on_a_dead_path_drive_loss_up() -> None:
+    est = estimator(loss_window=100, loss_alpha=0.5)
+    est.on_info(snap(data_segs_out=100), 1.0)
+    # An RTO series: 4 retransmissions, nothing new. Window [(100, 0), (4, 4)] trimmed to
+    # [(96, 0), (4, 4)]: raw 0.04, ewma 0.02.
+    est.on_info(snap(data_segs_out=100, total_retrans=4), 2.0)
+    assert est.raw_loss == pytest.approx(0.04) and est.loss() == pytest.approx(0.02)
+
+
+def test_counter_reset_by_decrease() -> None:
+    est = estimator(loss_window=1000, loss_alpha=1.0)
+    est.on_info(snap(data_segs_out=1000, total_retrans=0, bytes_acked=10**6), 1.0)
+    # Reconnected: the new connection's counters start again at 0 and are already at 50 / 5.
+    # Measured from zero: (45 + 5) sent, 5 retransmitted; a naive difference would be negative.
+    est.on_info(snap(data_segs_out=45, total_retrans=5, bytes_acked=1000), 2.0)
+    # Window [(1000, 0), (50, 5)] trimmed to 1000: [(950, 0), (50, 5)], raw 0.005.
+    assert est.raw_loss == pytest.approx(0.005)
+    # And the baseline follows the new connection.
+    est.on_info(snap(data_segs_out=95, total_retrans=5, bytes_acked=2000), 3.0)
+    assert est.raw_loss == pytest.approx(5 / 1000)
+
+
+def test_counter_reset_by_epoch_when_counters_do_not_decrease() -> None:
+    est = estimator(loss_window=1000, loss_alpha=1.0)
+    est.on_info(snap(data_segs_out=100), 1.0, epoch=1)
+    # Connection 2 has already sent more than connection 1 did: only the epoch tells.
+    est.on_info(snap(data_segs_out=150, total_retrans=30), 2.0, epoch=2)
+    # From zero: 150 + 30 = 180 sent, 30 retransmitted; window 280 segments, 30 retransmitted.
+    assert est.raw_loss == pytest.approx(30 / 280)
+    # Same epoch, counters going on: an ordinary delta.
+    est.on_info(snap(data_segs_out=250, total_retrans=30), 3.0, epoch=2)
+    assert est.raw_loss == pytest.approx(30 / 380)
+
+
+# -- latency -----------------------------------------------------------------------------------
+
+
+def test_latency_from_tcp_rtt_in_microseconds() -> None:
+    est = estimator()
+    assert est.quality(0.0).latency == math.inf and est.quality(0.0).min_rtt == math.inf
+    est.on_info(snap(rtt=50_000, min_rtt=40_000, bytes_acked=100), 1.0)
+    q = est.quality(1.0)
+    assert q.latency == pytest.approx(0.05) and q.min_rtt == pytest.approx(0.04)
+    # rtt 0 means "no sample yet" and keeps the previous value.
+    est.on_info(snap(rtt=0, bytes_acked=100), 2.0)
+    assert est.latency() == pytest.approx(0.05)
+
+
+def test_probe_rtt_smoothed_and_used_when_fresher() -> None:
+    est = estimator()
+    est.on_probe_rtt(0.1, 1.0)
+    est.on_probe_rtt(0.2, 2.0)
+    assert est.latency() == pytest.approx(0.1 + (0.2 - 0.1) / 8)  # 0.1125, RFC 6298 gain
+    assert est.min_rtt() == pytest.approx(0.1)
+    # A TCP sample whose ACKs advanced is fresher than the probes.
+    est.on_info(snap(rtt=30_000, min_rtt=25_000, bytes_acked=500), 3.0)
+    assert est.latency() == pytest.approx(0.03) and est.min_rtt() == pytest.approx(0.025)
+    # Nothing acknowledged since: TCP's srtt is stale, the next probe is fresher.
+    est.on_info(snap(rtt=30_000, min_rtt=25_000, bytes_acked=500), 4.0)
+    est.on_probe_rtt(0.2, 4.5)
+    assert est.latency() == pytest.approx(0.1125 + (0.2 - 0.1125) / 8)
+    with pytest.raises(ValueError):
+        est.on_probe_rtt(-1.0, 5.0)
+
+
+# -- throughput --------------------------------------------------------------------------------
+
+# RTT 50 ms, T0 200 ms, mss 1460, loss at the 0.001 floor:
+#   0.05 * sqrt(0.004/3) = 0.05 * 0.0365148372 = 0.0018257419
+#   0.2 * 3 sqrt(0.00075) * 0.001 * (1 + 3.2e-5) = 0.2 * 0.0821583836 * 0.001000032 = 0.0000164322
+#   1 / 0.0018421741 = 542.8364 packets/s * 1460 = 792 541 B/s
+PFTK_50MS = 792_541.8
+
+
+def busy(**fields: Any) -> TCPInfo:
+    return snap(rtt=50_000, min_rtt=50_000, rto=200_000, bytes_acked=1, **fields)
+
+
+def test_throughput_is_pftk_without_a_delivery_rate() -> None:
+    est = estimator()
+    assert est.throughput() == 0.0  # nothing known
+    est.on_info(busy(), 1.0)
+    assert est.throughput() == pytest.approx(PFTK_50MS, rel=1e-6)
+
+
+def test_throughput_is_the_smaller_of_delivery_rate_and_pftk() -> None:
+    est = estimator()
+    est.on_info(busy(delivery_rate=500_000), 1.0)
+    assert est.throughput() == 500_000.0
+    est.on_info(busy(delivery_rate=2_000_000), 2.0)
+    assert est.throughput() == pytest.approx(PFTK_50MS, rel=1e-6)
+    # The peer's window caps PFTK: 14600 B = 10 packets per 50 ms = 292 000 B/s.
+    est.on_info(busy(delivery_rate=2_000_000, snd_wnd=14_600), 3.0)
+    assert est.throughput() == pytest.approx(292_000.0)
+
+
+def test_app_limited_samples_are_ignored() -> None:
+    est = estimator()
+    # Only app-limited samples: they say what the application offered, not what the path
+    # carries, so throughput stays the PFTK estimate.
+    est.on_info(busy(delivery_rate=1_000, delivery_rate_app_limited=True), 1.0)
+    assert est.throughput() == pytest.approx(PFTK_50MS, rel=1e-6)
+    est.on_info(busy(delivery_rate=500_000), 2.0)
+    est.on_info(busy(delivery_rate=100_000, delivery_rate_app_limited=True), 3.0)
+    assert est.throughput() == 500_000.0
+    # An app-limited sample above the estimate is still a lower bound on capacity: it raises it.
+    est.on_info(busy(delivery_rate=600_000, delivery_rate_app_limited=True), 4.0)
+    assert est.throughput() == 600_000.0
+
+
+def test_throughput_follows_loss() -> None:
+    est = estimator(loss_window=100, loss_alpha=1.0)
+    est.on_info(busy(delivery_rate=2_000_000, data_segs_out=80, total_retrans=20), 1.0)
+    # p = 0.2, RTT 50 ms, T0 200 ms: the second worked example's 8.545556 packets/s * 1460.
+    assert est.loss() == pytest.approx(0.2)
+    assert est.throughput() == pytest.approx(8.545556 * 1460, rel=1e-6)
+
+
+# -- availability, samples, age ----------------------------------------------------------------
+
+
+def test_up_down() -> None:
+    est = estimator(down_after=3.0)
+    assert not est.quality(0.0).up  # not connected yet
+    est.set_up(True, 10.0)
+    assert est.quality(13.0).up and not est.quality(13.01).up  # nothing heard for 3 s
+    est.on_frame(12.0)
+    assert est.quality(15.0).up and not est.quality(15.01).up
+    # A snapshot whose last ACK arrived 500 ms ago: heard at 19.5.
+    est.on_info(
+        snap(bytes_acked=1, data_segs_in=1, last_ack_recv=500, last_data_recv=4000), 20.0
+    )
+    assert est.quality(22.5).up and not est.quality(22.51).up
+    # Reading our own state proves nothing about the peer; nor do the 0 ms ages tcpstack
+    # reports for segments that never arrived (no data received, nothing acknowledged).
+    est.on_info(snap(segs_in=3, last_ack_recv=0, last_data_recv=0), 30.0, epoch=2)
+    assert not est.quality(30.0).up
+    est.on_probe_rtt(0.05, 31.0)
+    assert est.quality(31.0).up
+    est.set_up(False, 32.0)
+    assert not est.quality(32.0).up and est.changed_at == 32.0
+    est.on_frame(32.5)
+    assert not est.quality(32.5).up  # down until the connection is up again
+
+
+def test_closed_connection_is_down() -> None:
+    est = estimator()
+    est.set_up(True, 0.0)
+    est.on_info(snap(state=7, segs_in=5), 0.5)  # Linux TCP_CLOSE: reset or timed out
+    assert not est.quality(0.5).up and est.changed_at == 0.5
+
+
+def test_samples_age_info_and_advert() -> None:
+    est = estimator()
+    q = est.quality(0.0)
+    assert q.samples == 0 and q.age == math.inf and q.info is None
+    first = busy(data_segs_in=3)
+    est.set_up(True, 1.0)
+    est.on_info(first, 1.0)
+    est.on_probe_rtt(0.05, 2.0)
+    q = est.quality(2.5)
+    assert q.samples == 2 and q.age == pytest.approx(0.5) and q.info is first
+    assert q.peer == "b" and q.up
+    assert est.advert(2.5) == LinkAdvert("b", q.latency, q.loss, q.throughput, True)
