@@ -254,9 +254,9 @@ class RoutingSettings:
     #: minimum s between originated LSAs (rate limit).
     lsa_interval: float = attrs.field(default=1.0, converter=_to_float, validator=_number(gt=0))
     #: an unchanged LSA is re-originated this often (s).
-    lsa_refresh: float = attrs.field(default=10.0, converter=_to_float, validator=_number(gt=0))
+    lsa_refresh: float = attrs.field(default=30.0, converter=_to_float, validator=_number(gt=0))
     #: LSAs not refreshed for this long (s) are purged.
-    lsa_max_age: float = attrs.field(default=40.0, converter=_to_float, validator=_number(gt=0))
+    lsa_max_age: float = attrs.field(default=120.0, converter=_to_float, validator=_number(gt=0))
     #: re-originate early only when a link metric moved by more than this fraction (or up/down).
     change_threshold: float = attrs.field(
         default=0.10, converter=_to_float, validator=_number(ge=0)
