@@ -18,6 +18,8 @@ _COMMANDS = {
            "tcpstack.commands.ss"),
     "capture": ("record one running stack's packets to a pcap file",
                 "tcpstack.commands.capture"),
+    "firewall": ("list or clean up the firewall guards of PcapLink stacks",
+                 "tcpstack.commands.firewall"),
 }
 
 
