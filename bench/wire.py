@@ -124,19 +124,19 @@ def _noop(buf: bytes, *, verify_checksum: bool = True) -> None:
 def _skeleton(buf: bytes, *, verify_checksum: bool = True) -> TcpSegment:
     """The least any pure-Python parse to a TcpSegment does: no validation, no normalisation."""
     (_vihl, tos, total_len, ip_id, frag_hi, _frag_lo, ttl, _protocol, flow_key, seq, ack,
-     offset, flags, window, urgent) = _PARSE.unpack_from(buf)
+     flags, window, urgent) = _PARSE.unpack_from(buf)
     payload = buf[40:total_len]
     self: Any = _MutableSegment()
     self.src = flow_key
     self.dst = flow_key
-    self.sport = offset
-    self.dport = offset
+    self.sport = flags
+    self.dport = flags
     self.seq = seq
     self.ack = ack
     self.flags = flags
     self.window = window
     self.urgent = urgent
-    self.options = offset
+    self.options = flags
     self.payload = payload
     self.ttl = ttl
     self.tos = tos

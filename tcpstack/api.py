@@ -153,7 +153,6 @@ class TCPStream(trio.abc.HalfCloseableStream):
     def __init__(self, stack: StackCore, conn: Connection) -> None:
         self.stack = stack
         self.conn = conn
-        self.options = StreamOptions(self)
         self._sending = False
         self._receiving = False
         self._eof_sent = False
@@ -164,6 +163,14 @@ class TCPStream(trio.abc.HalfCloseableStream):
         self._events_dropped = 0
 
     # -------------------------------------------------------------- introspection
+    @property
+    def options(self) -> StreamOptions:
+        """The connection's socket options (a view: reads and writes go to the connection).
+
+        Made on each access rather than held: a view held by the stream would be a reference
+        cycle per stream, left for the garbage collector on every connection."""
+        return StreamOptions(self)
+
     @property
     def local(self) -> tuple[str, int]:
         return self.conn.local
@@ -340,6 +347,7 @@ class TCPListener(trio.abc.Listener[TCPStream]):
 
     async def accept(self) -> TCPStream:
         await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         while True:
             if self._listen.closed:
                 raise trio.ClosedResourceError("the listener is closed")
@@ -348,9 +356,13 @@ class TCPListener(trio.abc.Listener[TCPStream]):
                 conn = queue.popleft()
                 if conn.state is TcpState.CLOSED:
                     continue  # reset while it waited in the queue (Linux returns it; we skip)
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:
+                    # Parking was the schedule point already; a second one would cost another
+                    # wake-up per accept (trio's own socket accept does not add one either).
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return TCPStream(self.stack, conn)
             await self.stack.wait_accept(self._listen)
+            waited = True
 
     async def aclose(self) -> None:
         if not self._listen.closed:

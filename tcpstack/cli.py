@@ -1,4 +1,10 @@
-"""The ``tcpstack`` command line."""
+"""The ``tcpstack`` command line.
+
+Each subcommand lives in its own module with ``add_arguments(parser)`` and
+``main_from_args(args) -> int``. Only the module of the subcommand being run is imported: some
+pull in heavy dependencies (the conformance runner imports ``trio.testing``), and a tool users
+reach for first should start at once.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from collections.abc import Sequence
 
 from tcpstack import __version__
 
-#: Subcommands living in tcpstack.commands: name -> (one-line help, module).
+#: name -> (one-line help, module). ``conformance`` has one sub-subcommand, ``run``.
 _COMMANDS = {
     "get": ("HTTP/1.1 GET of a URL over the user-level stack, like curl",
             "tcpstack.commands.get"),
@@ -20,54 +26,42 @@ _COMMANDS = {
                 "tcpstack.commands.capture"),
     "firewall": ("list or clean up the firewall guards of PcapLink stacks",
                  "tcpstack.commands.firewall"),
+    "demo": ("two stacks, an impaired network, one bulk transfer watched live",
+             "tcpstack.demo"),
+    "conformance": ("run packetdrill-dialect scripts", "tcpstack.conformance.command"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the arguments of subcommand ``wanted`` (all of them if None) are filled in."""
     parser = argparse.ArgumentParser(
         prog="tcpstack",
         description="A user-level TCP/IP stack for Linux that runs under trio.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    conformance = commands.add_parser("conformance", help="run packetdrill-dialect scripts")
-    conformance_commands = conformance.add_subparsers(dest="conformance_command", required=True)
-    from tcpstack.conformance.command import add_arguments as add_conformance_arguments
-
-    add_conformance_arguments(conformance_commands.add_parser("run", help="run scripts"))
-    from tcpstack.demo import add_arguments as add_demo_arguments
-
-    add_demo_arguments(commands.add_parser(
-        "demo", help="two stacks, an impaired network, one bulk transfer watched live",
-        description="Two stacks on an impaired in-memory network; one bulk transfer with a live "
-        "line of the sender's cwnd/srtt/retransmits, then TCPInfo, activity accounting and a PNG.",
-    ))
     for name, (summary, module) in _COMMANDS.items():
-        importlib.import_module(module).add_arguments(
-            commands.add_parser(name, help=summary, description=summary)
-        )
+        sub = commands.add_parser(name, help=summary, description=summary)
+        if name == "conformance":
+            sub = sub.add_subparsers(dest="conformance_command", required=True).add_parser(
+                "run", help="run scripts")
+        if wanted is None or wanted == name:
+            importlib.import_module(module).add_arguments(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wanted = next((arg for arg in argv if not arg.startswith("-")), "")
+    parser = build_parser(wanted)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    module = importlib.import_module(_COMMANDS[args.command][1])
     if args.command == "conformance":
-        from tcpstack.conformance.command import run_from_args
-
-        return run_from_args(args)
-    if args.command == "demo":
-        from tcpstack.demo import main_from_args
-
-        return main_from_args(args)
-    if args.command in _COMMANDS:
-        module = importlib.import_module(_COMMANDS[args.command][1])
-        return int(module.main_from_args(args))
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+        return int(module.run_from_args(args))
+    return int(module.main_from_args(args))
 
 
 if __name__ == "__main__":

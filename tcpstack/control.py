@@ -78,6 +78,13 @@ class CaptureSwitch(Middleware):
         tap = self._tap
         if tap is None:
             return
+        if self._limit:
+            # A batch can hold more than the count left: `-c N` means N packets, as tcpdump's.
+            room = self._limit - tap.packets_written
+            if room <= 0:
+                return
+            if len(packets) > room:
+                packets = packets[:room]
         tap._record(packets)
         if self._limit and tap.packets_written >= self._limit:
             self._done.set()

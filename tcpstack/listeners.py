@@ -76,7 +76,7 @@ class ListenerMixin:
         listener = self._owner.get(conn.conn_id)
         return (
             listener is not None
-            and seg.flags & (_ACK | _SYN | _RST) == _ACK
+            and int(seg.flags) & 0x16 == 0x10  # ACK without SYN or RST (ints: IntFlag ops are slow)
             and len(listener.accept_queue) >= listener.backlog
         )
 
@@ -140,7 +140,9 @@ class ListenerMixin:
         if state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) and not listener.closed:
             if len(listener.accept_queue) < listener.backlog:
                 listener.accept_queue.append(conn)
-                listener.lot.unpark_all()
+                # One waiter per queued connection: waking them all would cost every other
+                # acceptor a trio wake-up (~40 us) only to find the queue empty again.
+                listener.lot.unpark()
             else:
                 self.stats.accept_queue_overflows += 1
                 conn.abort()

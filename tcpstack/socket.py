@@ -659,7 +659,4 @@ class SocketType:
 
 def _peek(conn: Connection, max_bytes: int) -> bytes:
     """MSG_PEEK: the next ``max_bytes`` readable bytes, left in the receive queue."""
-    peek = getattr(conn, "peek", None)
-    if peek is not None:
-        return bytes(peek(max_bytes))
-    return bytes(conn.rcv._buf[:max_bytes])
+    return conn.peek(max_bytes)

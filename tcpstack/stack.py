@@ -344,6 +344,12 @@ class StackCore(ListenerMixin, IcmpMixin):
         return self._deadlines[0][0] if self._deadlines else float("inf")
 
     def _add(self, conn: Connection, key: ConnKey) -> None:
+        # Every connection, active or passive, passes here: it learns whether the link cuts
+        # super-segments (TSO/GSO); ConnectionOptions.tso decides whether it builds them. The
+        # link cuts at its MTU less the headers, so only a connection whose MTU is the link's
+        # may use it (a smaller MTU option would get pieces larger than its MSS).
+        link = self.link
+        conn.gso_max_size = link.gso_max_size if conn.pmtu == link.mtu else 0
         self._conns[key] = conn
 
     def _allocate_port(self, host: str, port: int) -> int:
@@ -464,8 +470,8 @@ class StackCore(ListenerMixin, IcmpMixin):
             return
         listener = self._listeners.get(seg.dport)
         if listener is not None:
-            flags = seg.flags & (_SYN | _ACK | _RST)
-            if flags == _SYN:
+            flags = int(seg.flags) & 0x16  # SYN, ACK, RST as an int (IntFlag ops are slow)
+            if flags == 0x02:
                 if seg.flags & _FIN:
                     # SYN|FIN at a listener: Linux always drops it; FreeBSD drops it when
                     # net.inet.tcp.drop_synfin=1 and otherwise takes the SYN, ignoring the FIN
@@ -477,7 +483,7 @@ class StackCore(ListenerMixin, IcmpMixin):
                     seg = attrs.evolve(seg, flags=seg.flags & ~_FIN)
                 self._listen_syn(listener, seg, key, now)
                 return
-            if flags == _ACK and self.syncookies and (
+            if flags == 0x10 and self.syncookies and (
                 self.syncookies == 2 or now - listener.last_overflow < COOKIE_WINDOW
             ):
                 if self._cookie_ack(listener, seg, key, now):
@@ -523,6 +529,11 @@ class StackCore(ListenerMixin, IcmpMixin):
         lot = self._waiters.get(conn.conn_id)
         if lot is not None:
             lot.unpark_all()
+            if conn.state is TcpState.TIME_WAIT:
+                # TIME-WAIT lasts 2 MSL with nothing left to wait for: drop the lot rather than
+                # keep it (and its objects for the garbage collector) that long. A task that
+                # waits later gets a new one from wait_changed.
+                del self._waiters[conn.conn_id]
         if conn.state is TcpState.CLOSED:
             self._forget(conn)
 

@@ -174,7 +174,14 @@ def tbf(ns: Namespace, dev: str, rate_bit: int, *, burst: int = 32_000,
 
 
 def egress_loss(ns: Namespace, dev: str, probability: float, *, table: str = "tsloss") -> None:
-    """Drop ``probability`` of the TCP packets ``dev`` sends (nftables ``numgen random``)."""
+    """Drop ``probability`` of the TCP packets ``dev`` sends (nftables ``numgen random``).
+
+    Put it on a device whose sender is *not* the TCP under test, e.g. a router namespace's egress
+    toward the receiver: a drop on a kernel sender's own egress is local (the qdisc layer reports
+    it to TCP, which resends at once without a loss episode; a raw-socket sender sees ENOBUFS),
+    so it does not emulate loss on the path. For a TUN endpoint the device is the network, and
+    there it does.
+    """
     if not 0.0 <= probability < 1.0:
         raise ValueError(f"loss probability must be in [0, 1), got {probability}")
     per_mille = round(probability * 1000)

@@ -22,11 +22,6 @@ settings.register_profile(
 settings.load_profile("thorough" if os.environ.get("TCPSTACK_HYPOTHESIS") == "thorough" else "ci")
 
 
-def scaled_examples(n: int) -> int:
-    """Example count for a property test: ``n`` in CI, ten times that when thorough."""
-    return n * 10 if os.environ.get("TCPSTACK_HYPOTHESIS") == "thorough" else n
-
-
 @pytest.fixture(autouse=True)
 def _deterministic_trio_scheduling() -> None:
     """trio shuffles each batch of runnable tasks with a module-level, unseeded RNG (to flush out

@@ -307,3 +307,24 @@ async def test_set_stack_is_the_process_default(autojump_clock: trio.abc.Clock) 
                 assert tsocket.socket().stack is client
         finally:
             tsocket.set_stack(None)
+
+
+async def test_msg_peek_leaves_data_in_the_receive_queue(autojump_clock: trio.abc.Clock) -> None:
+    async with two_stacks() as (client_stack, server_stack):
+        with tsocket.using_stack(server_stack):
+            listener = tsocket.socket()
+        await listener.bind((SERVER, PORT))
+        listener.listen(1)
+        with tsocket.using_stack(client_stack):
+            client = tsocket.socket()
+        await client.connect((SERVER, PORT))
+        conn, _ = await listener.accept()
+        # Two writes, so the receive queue holds more than one chunk and a peek spans them.
+        await client.send(b"hello ")
+        await client.send(b"world")
+        await trio.sleep(1)
+        assert await conn.recv(8, tsocket.MSG_PEEK) == b"hello wo"
+        assert await conn.recv(8, tsocket.MSG_PEEK) == b"hello wo"
+        assert await conn.recv(100) == b"hello world"
+        for s in (client, conn, listener):
+            s.close()

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -21,11 +22,45 @@ import trio
 from tcpstack.api import Stack, open_stack
 from tcpstack.control import CaptureSwitch, serve_control
 
-__all__ = ["CommandError", "LinkChoice", "add_link_arguments", "link_choice", "running_stack"]
+__all__ = [
+    "CommandError",
+    "LinkChoice",
+    "add_link_arguments",
+    "link_choice",
+    "run_command",
+    "running_stack",
+]
+
+_T = TypeVar("_T")
 
 
 class CommandError(Exception):
     """A subcommand cannot go on; the message is the one line the user sees."""
+
+
+def _lone(exc: BaseException) -> BaseException | None:
+    """The one exception inside nested single-member exception groups, or None if several."""
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+def run_command(async_fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """``trio.run``, with an error raised inside the stack's nurseries re-raised bare.
+
+    trio wraps everything that leaves a nursery in an ExceptionGroup; a subcommand's
+    ``except CommandError`` (one line for the user) would never see it, and the user would get
+    a traceback instead. A group of several unrelated errors is left as it is.
+    """
+    try:
+        return trio.run(async_fn, *args)
+    except BaseExceptionGroup as group:
+        lone = _lone(group)
+        if lone is None:
+            raise
+        raise lone from None
 
 
 def _port_range(text: str) -> range:
@@ -99,6 +134,26 @@ async def _open_link(choice: LinkChoice) -> AsyncIterator[Any]:
             yield link
 
 
+async def _stop_on_signals(scope: trio.CancelScope,
+                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """SIGTERM or SIGHUP ends the command the way Ctrl-C does: cancel the work, close the
+    connections gracefully, remove the firewall guard and the control socket, exit."""
+    try:
+        receiver = trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP)
+        signals = receiver.__enter__()
+    except RuntimeError:  # not the main thread: leave signals to whoever owns them
+        task_status.started()
+        return
+    try:
+        task_status.started()
+        async for signum in signals:
+            print(f"tcpstack: {signal.Signals(signum).name}, closing", file=sys.stderr)
+            scope.cancel()
+            return
+    finally:
+        receiver.__exit__(None, None, None)
+
+
 @contextlib.asynccontextmanager
 async def running_stack(choice: LinkChoice, **stack_options: Any) -> AsyncIterator[Stack]:
     """Open the chosen link, a stack on it, and its control socket for ``tcpstack ss``/``capture``."""
@@ -108,6 +163,7 @@ async def running_stack(choice: LinkChoice, **stack_options: Any) -> AsyncIterat
         if ports is not None:
             stack_options["ephemeral_ports"] = ports
         async with open_stack(switch, **stack_options) as stack, trio.open_nursery() as nursery:
+            await nursery.start(_stop_on_signals, nursery.cancel_scope)
             try:
                 await nursery.start(partial(serve_control, stack, name=choice.name,
                                             link_kind=choice.kind, switch=switch))

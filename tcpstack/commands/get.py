@@ -16,6 +16,7 @@ from tcpstack.commands._runtime import (
     CommandError,
     add_link_arguments,
     link_choice,
+    run_command,
     running_stack,
 )
 from tcpstack.http import HttpError, HttpResponse, http_get, parse_url
@@ -73,6 +74,7 @@ class _Progress:
         if self._bar is None:
             if time.monotonic() - self._start < 1.0:
                 return
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,
@@ -81,8 +83,11 @@ class _Progress:
                 TransferSpeedColumn,
             )
 
+            # On stderr, the terminal it checked: rich's default console is stdout, where the
+            # body may be going.
             self._bar = Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                 TimeRemainingColumn(), transient=True)
+                                 TimeRemainingColumn(), transient=True,
+                                 console=Console(stderr=True))
             self._bar.start()
             self._task = self._bar.add_task("get", total=self._total)
         self._bar.update(self._task, completed=self._done)
@@ -105,7 +110,10 @@ async def _get(args: argparse.Namespace, out: IO[bytes]) -> int:
         except trio.TooSlowError:
             raise CommandError(f"connect to {host}:{url.port} timed out after {args.timeout:g} s") from None
         except OSError as exc:
-            raise CommandError(f"connect to {host}:{url.port}: {exc.strerror or exc}") from None
+            reason = exc.strerror or str(exc)
+            if not reason.startswith("connect to "):  # the stack's own errors already say it
+                reason = f"connect to {host}:{url.port}: {reason}"
+            raise CommandError(reason) from None
         try:
             def body(chunk: bytes) -> None:
                 out.write(chunk)
@@ -135,8 +143,8 @@ def main_from_args(args: argparse.Namespace) -> int:
     try:
         if args.output:
             with open(args.output, "wb") as out:
-                return trio.run(_get, args, out)
-        result = trio.run(_get, args, sys.stdout.buffer)
+                return run_command(_get, args, out)
+        result = run_command(_get, args, sys.stdout.buffer)
         sys.stdout.flush()
         return result
     except (CommandError, HttpError) as exc:

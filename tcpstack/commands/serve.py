@@ -10,7 +10,13 @@ from pathlib import Path
 import trio
 
 from tcpstack.api import Stack, TCPStream
-from tcpstack.commands._runtime import CommandError, add_link_arguments, link_choice, running_stack
+from tcpstack.commands._runtime import (
+    CommandError,
+    add_link_arguments,
+    link_choice,
+    run_command,
+    running_stack,
+)
 from tcpstack.http import serve_static
 
 __all__ = ["add_arguments", "main_from_args", "serve_forever"]
@@ -74,7 +80,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def main_from_args(args: argparse.Namespace) -> int:
     try:
-        return trio.run(_serve, args)
+        return run_command(_serve, args)
     except CommandError as exc:
         print(f"tcpstack serve: {exc}", file=sys.stderr)
         return 1

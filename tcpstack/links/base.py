@@ -129,6 +129,20 @@ class Link(abc.ABC):
     def closed(self) -> bool:
         """True once :meth:`aclose` has begun."""
 
+    @property
+    def gso_max_size(self) -> int:
+        """Segmentation offload (TSO/GSO): the largest IPv4/TCP packet the link accepts whose
+        payload is a multiple of the connection's MSS (the last piece may be shorter) and
+        delivers to the network as MSS-sized segments; 0 (the default) when it cannot.
+
+        The pieces are cut at ``mtu`` less the packet's own IPv4 and TCP headers, as a device
+        told only its MTU would cut them (virtio-net ``gso_size``): the engine builds such
+        segments only when its MSS is exactly that size. A kernel TUN device with
+        ``TUN_F_TSO4`` cuts them itself; a memory link hands them whole to the receiving stack,
+        as veth does with GRO on the far side.
+        """
+        return 0
+
     @abc.abstractmethod
     async def receive_batch(self, max_packets: int = DEFAULT_BATCH) -> list[bytes]:
         """Wait until at least one packet is available; return up to ``max_packets`` of them.
@@ -199,6 +213,11 @@ class Middleware(Link):
     @property
     def closed(self) -> bool:
         return self.inner.closed
+
+    @property
+    def gso_max_size(self) -> int:
+        # Middleware that acts per packet and cannot cut a super-segment must report 0.
+        return self.inner.gso_max_size
 
     async def receive_batch(self, max_packets: int = DEFAULT_BATCH) -> list[bytes]:
         return await self.inner.receive_batch(max_packets)

@@ -289,6 +289,13 @@ class Impairment(Middleware):
     work without entering; receive impairments then act at read time.
     """
 
+    @property
+    def gso_max_size(self) -> int:
+        """0: this middleware decides loss, duplication and delay per packet and does not cut
+        super-segments, so the stack must send packets of at most one MSS through it (a lost
+        64 KiB segment would be ~45 packets lost at once, not the configured loss)."""
+        return 0
+
     def __init__(
         self,
         link: Link,

@@ -3,7 +3,10 @@
 Every attached link has an address; the switch forwards a packet to the link whose address is
 the packet's IPv4 destination (bytes 16..20, nothing else is parsed). Each link may carry an
 :class:`~tcpstack.links.impairment.ImpairmentConfig` on its egress (packets it sends) and its
-ingress (packets it receives); a packet from A to B crosses A's egress, then B's ingress.
+ingress (packets it receives). A directional path between two addresses may carry one too
+(:meth:`MemoryNetwork.set_path`), so a testbed can give every link of a topology its own rate,
+delay and loss and cut it (:meth:`MemoryNetwork.set_path_down`) without touching the ports. A
+packet from A to B crosses A's egress, then the path A->B, then B's ingress.
 
 Deliveries due later are held in one deadline heap served by one task, so the network works under
 trio's real clock and under ``trio.testing.MockClock(autojump_threshold=0)``, where a simulation is
@@ -57,6 +60,7 @@ class NetworkStats:
     oversize: int = 0
     queue_full: int = 0
     link_down: int = 0
+    path_down: int = 0
     pending_full: int = 0
 
     @property
@@ -67,6 +71,7 @@ class NetworkStats:
             + self.oversize
             + self.queue_full
             + self.link_down
+            + self.path_down
             + self.pending_full
         )
 
@@ -86,11 +91,15 @@ class MemoryLink(Link):
         queue_packets: int,
         egress: ImpairmentModel | None,
         ingress: ImpairmentModel | None,
+        gso_max_size: int = 0,
     ) -> None:
         self._network = network
         self._address = address
         self._packed = ipaddress.IPv4Address(address).packed
         self._mtu = mtu
+        self._gso_max_size = gso_max_size
+        # Largest packet the port sends or receives: super-segments pass whole (veth + GRO).
+        self._max_packet = max(mtu, gso_max_size)
         self.queue_packets = queue_packets
         self.egress = egress
         self.ingress = ingress
@@ -114,6 +123,10 @@ class MemoryLink(Link):
     @property
     def mtu(self) -> int:
         return self._mtu
+
+    @property
+    def gso_max_size(self) -> int:
+        return self._gso_max_size
 
     @property
     def network(self) -> MemoryNetwork:
@@ -211,6 +224,13 @@ class MemoryNetwork:
         self._scheduler = DeadlineScheduler(type(self).__name__, max_pending=max_pending)
         self._owned = OwnedNursery()
         self._corrupting = 0
+        # Directional paths, keyed by the packed source then destination address: exactly the
+        # bytes 12..20 of an IPv4 header, so the hot path looks a packet up without parsing.
+        self._paths: dict[bytes, ImpairmentModel] = {}
+        self._down_paths: set[bytes] = set()
+        #: When True, a packet between two addresses with no path set (:meth:`set_path`) is
+        #: unroutable, as between hosts with no link: a testbed's non-neighbours cannot talk.
+        self.paths_only = False
 
     @property
     def links(self) -> list[MemoryLink]:
@@ -257,10 +277,14 @@ class MemoryNetwork:
         impairment: ImpairmentConfig | None = None,
         ingress: ImpairmentConfig | None = None,
         queue_packets: int = DEFAULT_QUEUE_PACKETS,
+        gso_max_size: int = 0,
     ) -> MemoryLink:
         """Attach a port receiving for ``address``.
 
         ``impairment`` applies to packets the port sends, ``ingress`` to packets it receives.
+        ``gso_max_size`` > 0 lets the port send and receive TCP super-segments up to that size
+        (see :attr:`Link.gso_max_size`), delivered whole: give it to both ends. Impairments
+        (port or path) act on a super-segment as on one packet.
         """
         try:
             parsed = ipaddress.IPv4Address(address)
@@ -272,6 +296,8 @@ class MemoryNetwork:
             raise ValueError(f"mtu must be an int in [{_MIN_MTU}, 65535], got {mtu!r}")
         if queue_packets < 1:
             raise ValueError(f"queue_packets must be >= 1, got {queue_packets}")
+        if not isinstance(gso_max_size, int) or not 0 <= gso_max_size <= 65535:
+            raise ValueError(f"gso_max_size must be an int in [0, 65535], got {gso_max_size!r}")
         configs = [c for c in (impairment, ingress) if c is not None]
         if any(c.timed for c in configs) and not self._scheduler.running:
             raise RuntimeError(
@@ -286,10 +312,68 @@ class MemoryNetwork:
             queue_packets=queue_packets,
             egress=self._model(impairment, name, "egress"),
             ingress=self._model(ingress, name, "ingress"),
+            gso_max_size=gso_max_size,
         )
         self._ports[parsed.packed] = port
         self._corrupting += sum(1 for c in configs if c.corrupt > 0.0)
         return port
+
+    def set_path(self, src: str, dst: str, config: ImpairmentConfig | None) -> None:
+        """Impair packets from ``src`` to ``dst`` (one direction) with ``config``; None clears it.
+
+        The path sits between ``src``'s egress and ``dst``'s ingress; neither address needs to be
+        attached yet. Changing the config of a live path keeps its state: its random stream, the
+        bytes waiting at its bottleneck and the order of packets in flight (a packet sent after a
+        delay cut never overtakes one sent before it, as on a FIFO wire). The path draws from
+        ``Random(f"{seed}/{src}->{dst}/path")``. Corruption set here is not seen by stacks
+        already running (they decided on checksum offload when they started).
+        """
+        key = _path_key(src, dst)
+        if config is not None and config.timed and not self._scheduler.running:
+            raise RuntimeError(
+                "a delayed, jittered or rate-limited path needs the network's delivery task: "
+                "set it inside 'async with MemoryNetwork(...) as net:'"
+            )
+        model = self._paths.get(key)
+        if model is not None and model.config.corrupt > 0.0:
+            self._corrupting -= 1
+        if config is None:
+            self._paths.pop(key, None)
+            return
+        if config.corrupt > 0.0:
+            self._corrupting += 1
+        if model is None:
+            rng = random.Random(f"{self.seed}/{_address(src)}->{_address(dst)}/path")
+            self._paths[key] = ImpairmentModel(config, rng)
+        else:
+            model.config = config
+            model.set_down(config.down)
+
+    def path(self, src: str, dst: str) -> ImpairmentConfig | None:
+        """The impairment of the path ``src`` -> ``dst``, or None if it has none."""
+        model = self._paths.get(_path_key(src, dst))
+        return None if model is None else model.config
+
+    def path_stats(self, src: str, dst: str) -> ImpairmentStats | None:
+        """What the path ``src`` -> ``dst`` did to the packets it was offered, if it has a config."""
+        model = self._paths.get(_path_key(src, dst))
+        return None if model is None else model.stats
+
+    def set_path_down(self, src: str, dst: str, down: bool) -> None:
+        """Cut (``down=True``) or restore the path ``src`` -> ``dst``, one direction.
+
+        While down every packet reaching the path is dropped and counted in
+        ``stats.path_down``; packets already past it (in its delay) still arrive, as on a
+        cable pulled behind them. Independent of :meth:`set_path`: the config stays as it was.
+        """
+        key = _path_key(src, dst)
+        if down:
+            self._down_paths.add(key)
+        else:
+            self._down_paths.discard(key)
+
+    def path_is_down(self, src: str, dst: str) -> bool:
+        return _path_key(src, dst) in self._down_paths
 
     def _model(
         self, config: ImpairmentConfig | None, address: str, direction: str
@@ -320,7 +404,7 @@ class MemoryNetwork:
                 stats.malformed += 1
                 port_stats.count_dropped(size)
                 continue
-            if size > port.mtu:
+            if size > port._max_packet:
                 stats.oversize += 1
                 port_stats.count_dropped(size)
                 continue
@@ -335,14 +419,34 @@ class MemoryNetwork:
                     stats.pending_full += 1
 
     def _switch(self, when: float, packet: bytes) -> None:
-        """A packet reaches the switch at ``when``: forward it to its destination's port."""
+        """A packet reaches the switch at ``when``: cross its path, if it has one, then arrive."""
+        if self._paths or self._down_paths or self.paths_only:
+            key = packet[12:20]
+            if key in self._down_paths:
+                self.stats.path_down += 1
+                return
+            model = self._paths.get(key)
+            if model is not None:
+                for due, copy in model.process(packet, when):
+                    if due <= when:
+                        self._arrive(due, copy)
+                    elif not self._scheduler.schedule(due, self._arrive, copy):
+                        self.stats.pending_full += 1
+                return
+            if self.paths_only:
+                self.stats.unroutable += 1
+                return
+        self._arrive(when, packet)
+
+    def _arrive(self, when: float, packet: bytes) -> None:
+        """A packet reaches its destination's port at ``when``: ingress, then the receive queue."""
         # ipv4_destination cannot fail here: _transmit checked it and corruption keeps length;
         # a flipped destination bit simply misroutes, as on a real wire.
         port = self._ports.get(packet[16:20])
         if port is None:
             self.stats.unroutable += 1
             return
-        if len(packet) > port.mtu:
+        if len(packet) > port._max_packet:
             self.stats.oversize += 1
             port.stats.count_dropped(len(packet))
             return
@@ -355,3 +459,14 @@ class MemoryNetwork:
                 port._enqueue(due, copy)
             elif not self._scheduler.schedule(due, port._enqueue, copy):
                 self.stats.pending_full += 1
+
+
+def _address(address: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(address))
+    except ValueError as exc:
+        raise ValueError(f"not an IPv4 address: {address!r}") from exc
+
+
+def _path_key(src: str, dst: str) -> bytes:
+    return ipaddress.IPv4Address(_address(src)).packed + ipaddress.IPv4Address(_address(dst)).packed

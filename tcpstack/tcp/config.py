@@ -426,6 +426,9 @@ class ConnectionOptions:
     max_ooo_ranges: int = attrs.field(default=64, validator=_integer)
     initial_rto: float | None = attrs.field(default=None, validator=_optional_number)
     min_rto: float | None = attrs.field(default=None, validator=_optional_number)
+    # TCP segmentation offload: build segments of several MSS when the link cuts them
+    # (Link.gso_max_size > 0); off sends one MSS per segment, for comparison.
+    tso: bool = attrs.field(default=True, validator=_bool)
 
     def resolve(self) -> ResolvedOptions:
         """Fill every ``None`` from the profile and check every range; ``ValueError`` names the
@@ -503,6 +506,7 @@ class ConnectionOptions:
             max_ooo_ranges=self.max_ooo_ranges,
             initial_rto=initial_rto,
             min_rto=min_rto,
+            tso=self.tso,
         )
 
 
@@ -555,6 +559,7 @@ class ResolvedOptions:
     max_ooo_ranges: int
     initial_rto: float
     min_rto: float
+    tso: bool
 
     @property
     def max_rto(self) -> float:

@@ -77,7 +77,7 @@ class Connection(HandshakeMixin):
         ts_offset: int | None = None,
     ) -> Connection:
         """Passive open: the stack's listener accepted ``syn``; a SYN-ACK is queued."""
-        if not syn.flags & _SYN or syn.flags & (_ACK | _RST | _FIN):
+        if int(syn.flags) & (_F_SYN | _F_ACK | _F_RST | _F_FIN) != _F_SYN:
             raise ValueError(f"not a connection request: {syn!r}")
         conn = cls(
             (syn.dst, syn.dport), (syn.src, syn.sport), iss=iss, options=options,
@@ -268,7 +268,10 @@ class Connection(HandshakeMixin):
             # The previous segment asked for an immediate ACK that nothing has carried yet:
             # send it now, so each segment that needs one gets its own (dup ACKs count).
             self.outq.append(self._emit(self.snd_nxt, _ACK, now))
-        self.segs_in += 1
+        # A segment longer than our MSS is packets coalesced by the link (GRO): Linux counts
+        # its gso_segs.
+        n = len(seg.payload)
+        self.segs_in += -(-n // self.advmss) if n > self.advmss else 1
         st = self.state
         if st is TcpState.CLOSED or st is TcpState.LISTEN:
             self._reply_closed(seg, now)
@@ -290,23 +293,23 @@ class Connection(HandshakeMixin):
 
     def _on_segment_syn_sent(self, seg: TcpSegment, now: float) -> None:
         """RFC 9293 3.10.7.3."""
-        flags = seg.flags
+        flags = int(seg.flags)  # bits tested on an int: IntFlag's operators are slow calls
         ack_ok = False
-        if flags & _ACK:
+        if flags & _F_ACK:
             ack = unwrap(seg.ack, self.snd_una)
             if ack <= self.iss or ack > self.snd_nxt:
-                if not flags & _RST:
+                if not flags & _F_RST:
                     self._queue_rst(seg.ack, None, now, "bad ack in SYN-SENT")
                 return
             ack_ok = True
-        if flags & _RST:
+        if flags & _F_RST:
             if ack_ok:  # RFC 5961 3.2: in SYN-SENT a RST is accepted only with an acceptable ACK
                 self._event(ResetReceived(now, self.conn_id, "connection refused"))
                 self._close(now, "connection refused")
             return
-        if not flags & _SYN:
+        if not flags & _F_SYN:
             return
-        if flags & _FIN and self.profile.synfin_policy is SynFinPolicy.DROP:
+        if flags & _F_FIN and self.profile.synfin_policy is SynFinPolicy.DROP:
             return  # FreeBSD net.inet.tcp.drop_synfin=1
         rcv = self.rcv
         syn_window = max(rcv.rcv_adv - rcv.rcv_nxt, 0)
@@ -328,7 +331,7 @@ class Connection(HandshakeMixin):
             if self.sndbuf_auto:
                 self._sndbuf_expand()  # Linux tcp_init_buffer_space
             self.ack_now = True
-            if seg.payload or flags & _FIN:
+            if seg.payload or flags & _F_FIN:
                 self._process_text(seg, rcv.irs + 1, now)
         else:
             # RFC 9293 3.5 simultaneous open: SYN-RECEIVED, our SYN goes again with an ACK.

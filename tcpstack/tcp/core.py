@@ -8,6 +8,7 @@ so the per-segment paths touch plain attributes, no indirection. Sequence number
 
 from __future__ import annotations
 
+from tcpstack.tcp.buffers import SendBuffer
 from tcpstack.tcp.config import ConnectionOptions, ResolvedOptions, resolve_options
 from tcpstack.tcp.congestion import CongestionControl, create_congestion_control
 from tcpstack.tcp.events import Event, ResetSent, StateChanged
@@ -45,56 +46,6 @@ _F_FIN, _F_SYN, _F_RST, _F_PSH, _F_ACK, _F_ECE, _F_CWR = 0x01, 0x02, 0x04, 0x08,
 _FLAG_VALUES: tuple[TcpFlags, ...] = tuple(TcpFlags(i) for i in range(256))
 
 
-class SendBuffer:
-    """Bytes from ``start`` (snd_una's first data byte) to ``end`` (the write sequence).
-
-    Bounded by ``capacity``: :meth:`append` accepts what fits (the application sees
-    backpressure). The bytes stay until cumulatively acknowledged (for retransmission).
-    """
-
-    __slots__ = ("capacity", "_buf", "start")
-
-    def __init__(self, capacity: int, start: int) -> None:
-        self.capacity = capacity
-        self._buf = bytearray()
-        self.start = start
-
-    def __len__(self) -> int:
-        return len(self._buf)
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self._buf)
-
-    @property
-    def space(self) -> int:
-        return max(self.capacity - len(self._buf), 0)
-
-    def append(self, data: bytes | bytearray | memoryview) -> int:
-        n = min(len(data), self.capacity - len(self._buf))
-        if n <= 0:
-            return 0
-        self._buf += data[:n] if n < len(data) else data
-        return n
-
-    def data(self, seq: int, length: int) -> bytes:
-        off = seq - self.start
-        return bytes(self._buf[off : off + length])
-
-    def ack_to(self, seq: int) -> int:
-        """Drop bytes below ``seq``; return how many were dropped."""
-        n = min(seq - self.start, len(self._buf))
-        if n <= 0:
-            return 0
-        del self._buf[:n]  # CPython bytearray deletes from the front in O(1) amortised
-        self.start += n
-        return n
-
-    def rebase(self, start: int) -> None:
-        """Empty buffer only: set where the data sequence starts (after our SYN)."""
-        self.start = start
-
-
 class ConnectionCore:
     """All per-connection state, event emission and segment construction."""
 
@@ -124,7 +75,7 @@ class ConnectionCore:
         "delivered_segs", "reord_seen", "lost_total", "delivered_ce", "received_ce", "ecn_seen",
         "last_data_sent", "last_data_recv", "last_ack_recv", "last_ack_sent", "busy_time",
         "busy_start", "rwnd_limited_time", "rwnd_limited_start", "sndbuf_limited_time",
-        "sndbuf_limited_start", "last_now", "created", "__weakref__",
+        "sndbuf_limited_start", "last_now", "created", "gso_max_size", "__weakref__",
     )
 
     def __init__(
@@ -178,6 +129,9 @@ class ConnectionCore:
         # MSS (RFC 9293 3.7.1, RFC 879/6691) and path MTU.
         self.advmss = opts.mss
         self.pmtu = opts.mtu
+        # Largest IPv4 packet the link segments for us (TSO/GSO; Link.gso_max_size), set by
+        # the stack; 0: every segment is at most one MSS.
+        self.gso_max_size = 0
         self.peer_mss = TCP_MSS_DEFAULT
         self.mss_cache = min(self.advmss, TCP_MSS_DEFAULT)
 
@@ -321,6 +275,10 @@ class ConnectionCore:
         self.sndbuf_limited_start: float | None = None
         self.last_now = 0.0
         self.created = 0.0
+
+    def peek(self, max_bytes: int) -> bytes:
+        """The next ``max_bytes`` readable bytes, left in the receive buffer (MSG_PEEK)."""
+        return self.rcv.peek(max_bytes)
 
     @property
     def unsent_bytes(self) -> int:

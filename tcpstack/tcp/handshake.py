@@ -4,16 +4,20 @@ MSS, and the move to ESTABLISHED. A mixin of
 
 from __future__ import annotations
 
+from tcpstack.tcp.config import Profile
 from tcpstack.tcp.state import TcpState
 from tcpstack.tcp.timeouts import TimeoutMixin
 from tcpstack.tcp.timers import TimerKind
-from tcpstack.wire.segment import TcpFlags, TcpOptions, TcpSegment, Timestamps
+from tcpstack.wire._fast import new_options
+from tcpstack.wire.segment import TcpSegment, Timestamps
 
 __all__ = ["HandshakeMixin", "TCP_MIN_SND_MSS"]
 
-_ACK = TcpFlags.ACK
-_SYN = TcpFlags.SYN
+_F_SYN, _F_ACK, _F_ECE, _F_CWR = 0x02, 0x10, 0x40, 0x80
 TCP_MIN_SND_MSS = 48  # Linux: the smallest MSS we will send with, whatever the peer says
+# SYN option layouts by (id(profile), sack, ts, wscale) -> (profile, layout): the layout is a
+# pure function of those, and every SYN and SYN-ACK needs one.
+_SYN_LAYOUTS: dict[tuple[int, bool, bool, bool], tuple[Profile, tuple[int, ...]]] = {}
 
 
 class HandshakeMixin(TimeoutMixin):
@@ -24,23 +28,36 @@ class HandshakeMixin(TimeoutMixin):
     def _build_syn(self, now: float) -> TcpSegment:
         opts = self.opts
         self.syn_pending = False
+        # Plain ints: IntFlag's operators are Python-level calls (~1 us each); _emit takes ints.
         if self.state is TcpState.SYN_SENT:
-            flags = _SYN
+            flags = _F_SYN
             sack, ts, wscale = opts.sack, opts.timestamps, opts.window_scaling
             if self._ecn_setup_syn():
-                flags |= TcpFlags.ECE | TcpFlags.CWR  # RFC 3168 6.1.1: ECN-setup SYN
+                flags |= _F_ECE | _F_CWR  # RFC 3168 6.1.1: ECN-setup SYN
         else:
-            flags = _SYN | _ACK
+            flags = _F_SYN | _F_ACK
             sack, ts, wscale = self.sack_ok, self.ts_ok, self.wscale_ok
             if self.ecn_ok:
-                flags |= TcpFlags.ECE  # ECN-setup SYN-ACK
-        options = TcpOptions(
-            mss=self.advmss,
-            wscale=self.rcv_wscale_offer if wscale else None,
-            sack_permitted=sack,
-            timestamps=Timestamps(self._tsval(now), self.ts_recent if ts and self.passive else 0)
-            if ts else None,
-            layout=self.profile.syn_layout(mss=True, sack=sack, ts=ts, wscale=wscale),
+                flags |= _F_ECE  # ECN-setup SYN-ACK
+        profile = self.profile
+        key = (id(profile), sack, ts, wscale)
+        cached = _SYN_LAYOUTS.get(key)
+        if cached is not None and cached[0] is profile:
+            layout = cached[1]
+        else:
+            layout = profile.syn_layout(mss=True, sack=sack, ts=ts, wscale=wscale)
+            if len(_SYN_LAYOUTS) >= 64:
+                _SYN_LAYOUTS.clear()
+            _SYN_LAYOUTS[key] = (profile, layout)  # holding the profile keeps its id unique
+        # The fast constructor: every value is already normal (bools, ints, a layout tuple).
+        options = new_options(
+            self.advmss,
+            self.rcv_wscale_offer if wscale else None,
+            bool(sack),
+            (),
+            Timestamps(self._tsval(now), self.ts_recent if self.passive else 0) if ts else None,
+            (),
+            layout,
         )
         seg = self._emit(self.iss, flags, now, options=options)
         retransmit = self.snd_nxt > self.iss
@@ -74,12 +91,11 @@ class HandshakeMixin(TimeoutMixin):
         if self.ts_ok and o.timestamps is not None:
             self.ts_recent = o.timestamps.tsval
             self.ts_recent_stamp = now
+        flags = int(syn.flags)
         if self.passive:
-            self.ecn_ok = opts.ecn and bool(syn.flags & TcpFlags.ECE) and bool(
-                syn.flags & TcpFlags.CWR)
+            self.ecn_ok = opts.ecn and bool(flags & _F_ECE) and bool(flags & _F_CWR)
         else:
-            self.ecn_ok = self._ecn_setup_syn() and bool(syn.flags & TcpFlags.ECE) and not bool(
-                syn.flags & TcpFlags.CWR)
+            self.ecn_ok = self._ecn_setup_syn() and bool(flags & _F_ECE) and not flags & _F_CWR
         self._sync_mss()
         if self.profile.rcvbuf_mss_roundup:
             self._roundup_rcvbuf()

@@ -83,7 +83,7 @@ def build_info(conn: ConnectionCore, now: float) -> TCPInfo:
         ato=_us(rcv.ato),
         snd_mss=conn.mss_cache,
         rcv_mss=rcv.rcv_mss,
-        unacked=len(sb),
+        unacked=sb.packets_out,
         sacked=sb.sacked_segments,
         lost=sb.lost_segments,
         retrans=sb.retrans_out,

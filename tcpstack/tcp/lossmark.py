@@ -102,7 +102,7 @@ class LossMarking:
             self._account(r, -1)
             r.lost = True
             self._account(r, 1)
-            marked += 1
+            marked += r.pcount
             if first_marked is None:
                 first_marked = r.start
         self._lost_high = threshold
@@ -154,7 +154,7 @@ class LossMarking:
             r.lost = True
             r.retrans_in_flight = False  # a lost retransmission must go again (RFC 8985 6.2)
             self._account(r, 1)
-            marked += 1
+            marked += r.pcount
             last_marked_end = r.end
             if first_marked is None:
                 first_marked = r.start
@@ -169,17 +169,24 @@ class LossMarking:
         return marked, wait
 
     def mark_oversized_lost(self, mss: int) -> int:
-        """After a path MTU drop (Linux tcp_simple_retransmit): every unSACKed record longer than
-        ``mss`` cannot have passed the smaller link; mark it lost. Returns how many were."""
+        """After a path MTU drop (Linux tcp_simple_retransmit): every unSACKed record whose
+        packets are longer than ``mss`` cannot have passed the smaller link; mark it lost.
+        A TSO record's packets are its ``gso_size`` (Linux tcp_skb_seglen). Returns how many
+        packets were marked."""
         marked = 0
         for r in self:
-            if r.sacked or r.lost or r.end - r.start - (1 if r.fin else 0) <= mss:
+            if r.sacked or r.lost:
+                continue
+            seglen = r.end - r.start - (1 if r.fin else 0)
+            if r.pcount > 1:
+                seglen = r.gso_size
+            if seglen <= mss:
                 continue
             self._account(r, -1)
             r.lost = True
             r.retrans_in_flight = False
             self._account(r, 1)
-            marked += 1
+            marked += r.pcount
             if r.start < self._retx_hint:
                 self._retx_hint = r.start
             if r.end > self._lost_high:

@@ -11,6 +11,7 @@ reassembly queue is additionally bounded in bytes and in ranges.
 
 from __future__ import annotations
 
+from tcpstack.tcp.buffers import ReceiveQueue
 from tcpstack.tcp.reassembly import ReassemblyQueue
 
 __all__ = ["Receiver", "ACK_NONE", "ACK_DELAYED", "ACK_NOW"]
@@ -73,7 +74,7 @@ class Receiver:
         self.rcv_ssthresh = start
         # RFC 1122 4.2.3.3 receiver SWS avoidance: open the window only by this much at a time.
         self.min_window_update = max(1, min(capacity // 2, advmss))
-        self._buf = bytearray()
+        self._buf = ReceiveQueue()  # payloads kept as they arrived: no copy per segment
         self.ooo = ReassemblyQueue(max_bytes=max_ooo_bytes, max_ranges=max_ooo_ranges)
         self.fin_seq: int | None = None
         self.fin_received = False
@@ -175,8 +176,12 @@ class Receiver:
         if fin and self.fin_seq is None:
             self.fin_seq = seq + n
         if n:
-            self.data_segs_in += 1
             self._event_data_recv(n, now)
+            # GRO: a segment longer than the MSS is that many packets coalesced by the link;
+            # count them as Linux counts gso_segs (segs_in, the every-second-segment ACK rule).
+            rcv_mss = self.rcv_mss
+            pcount = -(-n // rcv_mss) if n > rcv_mss else 1
+            self.data_segs_in += pcount
             if seq == self.rcv_nxt:
                 had_hole = self.ooo.bytes_held > 0
                 self._deliver(data)
@@ -187,9 +192,9 @@ class Receiver:
                     # Linux: data that fills (part of) a hole is ACKed at once so the sender's
                     # recovery sees the progress without waiting for the delayed-ACK timer.
                     ack = ACK_NOW
-                self._segs_since_ack += 1
+                self._segs_since_ack += pcount
                 if n >= 128:
-                    self._grow_window()
+                    self._grow_window(n)
             else:
                 result = self.ooo.add(seq, data, self.rcv_nxt)
                 if result.duplicate is not None:
@@ -213,7 +218,7 @@ class Receiver:
             # (Linux only marks the socket; the socket layer makes that choice).
             self.bytes_discarded += len(data)
         else:
-            self._buf += data
+            self._buf.append(data)
         self.rcv_nxt += len(data)
         self.bytes_received += len(data)
 
@@ -264,10 +269,12 @@ class Receiver:
             return ACK_NOW
         return ACK_DELAYED
 
-    def _grow_window(self) -> None:
-        """Linux tcp_grow_window: open rcv_ssthresh by 2*rcv_mss per in-order segment."""
+    def _grow_window(self, n: int) -> None:
+        """Linux tcp_grow_window: open rcv_ssthresh by 2*rcv_mss per in-order segment, or by
+        twice the segment when it is larger (a GRO segment of several MSS)."""
         if self.rcv_ssthresh < self.capacity:
-            self.rcv_ssthresh = min(self.rcv_ssthresh + 2 * self.rcv_mss, self.capacity)
+            incr = max(2 * self.rcv_mss, 2 * n)
+            self.rcv_ssthresh = min(self.rcv_ssthresh + incr, self.capacity)
 
     def note_duplicate(self, start: int, end: int) -> None:
         """Data below rcv_nxt arrived again: report it as a D-SACK block (RFC 2883 section 4)."""
@@ -344,15 +351,13 @@ class Receiver:
     def read(self, max_bytes: int, now: float) -> bytes:
         if max_bytes <= 0 or not self._buf:
             return b""
-        buf = self._buf
-        if max_bytes >= len(buf):
-            out = bytes(buf)
-            buf.clear()
-        else:
-            out = bytes(buf[:max_bytes])
-            del buf[:max_bytes]
+        out = self._buf.read(max_bytes)
         self._space_adjust(len(out), now)
         return out
+
+    def peek(self, max_bytes: int) -> bytes:
+        """The next ``max_bytes`` readable bytes, left in the buffer (MSG_PEEK)."""
+        return self._buf.peek(max_bytes)
 
     def _space_adjust(self, copied: int, now: float) -> None:
         """Linux tcp_rcv_space_adjust: bytes consumed by the application per receive RTT."""

@@ -84,10 +84,12 @@ class RecoveryMixin(RackMixin):
         self.last_ack_recv = now
         res = sb.on_ack(ack, blocks, now, mss, rate=self.rate)
         self.probes_out = 0  # the peer answers: RFC 1122 4.2.2.17, Linux tcp_ack
-        delivered_segs = len(res.newly_sacked)
+        delivered_segs = 0  # packets: a TSO record counts its pcount (Linux tp->delivered)
+        for r in res.newly_sacked:
+            delivered_segs += r.pcount
         for r in res.newly_acked:
             if not r.sacked:
-                delivered_segs += 1
+                delivered_segs += r.pcount
         self.delivered_segs += delivered_segs
         if flags & _F_ECE and self.ecn_ok:
             self.delivered_ce += delivered_segs

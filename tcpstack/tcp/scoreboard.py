@@ -10,6 +10,13 @@ segment, not the whole block. Loss marking keeps a high-water mark (everything u
 it is marked lost), retransmission search a hint, and the pipe counters are maintained
 incrementally, so per-ACK work is proportional to what changed, not to the window.
 
+With TSO (segmentation offload) one record is one super-segment of several MSS, as a Linux skb
+with ``tcp_skb_pcount`` > 1: ``gso_size`` is the MSS it was cut for and ``pcount`` the packets it
+stands for. Segment counters (sacked, lost, retransmitted, ``packets_out``) count packets, byte
+counters bytes, so congestion control sees the same numbers with or without TSO. A partial SACK,
+a partial ACK or a retransmission of one MSS splits a record as Linux's tcp_fragment does, so
+only the pieces that are lost go again.
+
 States of a record, as Linux's ``TCPCB_*`` bits: ``sacked`` excludes ``lost`` and
 ``retrans_in_flight`` (a SACK clears both). ``lost`` means "considered lost" (RFC 6675 IsLost, or
 every unSACKed record after an RTO). ``retrans_in_flight`` means a retransmission of it is
@@ -52,10 +59,23 @@ class SentSegment:
     app_limited: bool = False
     retrans_in_flight: bool = False
     delivery_counted: bool = False
+    # TSO: the MSS the record is cut into on the wire (0: one packet whatever its length) and
+    # the packets it stands for (Linux tcp_skb_pcount).
+    gso_size: int = 0
+    pcount: int = 1
 
     @property
     def length(self) -> int:
         return self.end - self.start
+
+
+def _pcount(start: int, end: int, fin: bool, syn: bool, gso_size: int) -> int:
+    """Packets of a record (Linux tcp_set_skb_tso_segs): its data in ``gso_size`` pieces, one
+    at least (a bare SYN or FIN is one packet)."""
+    if gso_size <= 0:
+        return 1
+    data = end - start - fin - syn
+    return -(-data // gso_size) if data > gso_size else 1
 
 
 @attrs.frozen(slots=True)
@@ -122,6 +142,7 @@ class Scoreboard(LossMarking):
         # RACK: every record below _rack_low is SACKed or lost and not retransmitted since.
         self._rack_low = 0
         self._bytes_out = 0
+        self._packets_out = 0
         self._sacked_bytes = 0
         self._sacked_segs = 0
         self._lost_bytes = 0
@@ -170,6 +191,11 @@ class Scoreboard(LossMarking):
         return self._bytes_out
 
     @property
+    def packets_out(self) -> int:
+        """Packets outstanding, a TSO record counting its pcount (Linux ``packets_out``)."""
+        return self._packets_out
+
+    @property
     def sacked_segments(self) -> int:
         return self._sacked_segs
 
@@ -205,16 +231,17 @@ class Scoreboard(LossMarking):
     def _account(self, r: SentSegment, sign: int) -> None:
         """Add (``sign=1``) or remove (``-1``) the record's share of the counters."""
         n = r.end - r.start
+        p = r.pcount
         if r.sacked:
             self._sacked_bytes += sign * n
-            self._sacked_segs += sign
+            self._sacked_segs += sign * p
             return
         if r.lost:
             self._lost_bytes += sign * n
-            self._lost_segs += sign
+            self._lost_segs += sign * p
         if r.retrans_in_flight:
             self._retrans_bytes += sign * n
-            self._retrans_segs += sign
+            self._retrans_segs += sign * p
 
     # -- transmit --------------------------------------------------------------------------
 
@@ -228,10 +255,12 @@ class Scoreboard(LossMarking):
         rate: RateSampler,
         syn: bool = False,
         fin: bool = False,
+        gso_size: int = 0,
     ) -> SentSegment:
         """Record a transmission of ``[start, end)`` at ``now``.
 
-        New data must start at ``snd_nxt``. A retransmission updates the record(s) covering the
+        New data must start at ``snd_nxt``; ``gso_size`` is the MSS a TSO super-segment is cut
+        into (0: the record is one packet). A retransmission updates the record(s) covering the
         range, splitting records it covers only in part (the MSS can shrink, a retransmission can
         be cut to the peer's window); it returns the first of them.
         """
@@ -244,9 +273,13 @@ class Scoreboard(LossMarking):
             if self._snd_nxt is None:
                 self._lost_high = self._retx_hint = self._rack_low = start
             seg = SentSegment(start, end, fin=fin, syn=syn, first_sent=now, last_sent=now)
+            if gso_size:
+                seg.gso_size = gso_size
+                seg.pcount = _pcount(start, end, fin, syn, gso_size)
             rate.on_sent(seg, now, packets_out=packets_out)
             self._recs.append(seg)
             self._bytes_out += end - start
+            self._packets_out += seg.pcount
             self._snd_nxt = end
             return seg
 
@@ -296,11 +329,17 @@ class Scoreboard(LossMarking):
             retransmits=r.retransmits, sacked=r.sacked, lost=r.lost, delivered=r.delivered,
             delivered_time=r.delivered_time, first_tx_time=r.first_tx_time,
             app_limited=r.app_limited, retrans_in_flight=r.retrans_in_flight,
-            delivery_counted=r.delivery_counted,
+            delivery_counted=r.delivery_counted, gso_size=r.gso_size,
         )
         self._account(r, -1)
+        old_pcount = r.pcount
         r.end = seq
         r.fin = False
+        if r.gso_size:
+            # Linux tcp_fragment: both parts get their packet counts again.
+            r.pcount = _pcount(r.start, seq, False, r.syn, r.gso_size)
+            upper.pcount = _pcount(seq, upper.end, upper.fin, False, r.gso_size)
+        self._packets_out += r.pcount + upper.pcount - old_pcount
         self._account(r, 1)
         self._account(upper, 1)
         recs.insert(i + 1, upper)
@@ -366,6 +405,7 @@ class Scoreboard(LossMarking):
                 if r.sacked or r.lost or r.retrans_in_flight:
                     self._account(r, -1)
                 self._bytes_out -= n
+                self._packets_out -= r.pcount
                 acked_bytes += n
                 if not r.sacked:
                     delivered_bytes += n

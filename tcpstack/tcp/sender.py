@@ -10,7 +10,7 @@ and nothing carried it.
 
 from __future__ import annotations
 
-from tcpstack.tcp.core import ConnectionCore
+from tcpstack.tcp.core import TCP_MSS_DEFAULT, TS_OPTION_LEN, ConnectionCore
 from tcpstack.tcp.events import LossProbeSent, RetransmitKind, SegmentRetransmitted
 from tcpstack.tcp.state import CaState, TcpState
 from tcpstack.tcp.timers import TimerKind
@@ -25,6 +25,8 @@ _PSH = int(TcpFlags.PSH)
 _FIN = int(TcpFlags.FIN)
 _CWR = int(TcpFlags.CWR)
 MASK = 0xFFFFFFFF
+IP_MAX_PACKET = 0xFFFF  # the IPv4 total length field bounds a TSO super-segment
+TCP_MIN_TSO_SEGS = 2  # Linux sysctl_tcp_min_tso_segs: a super-segment worth building
 
 TCP_TIMEOUT_MIN = 0.002  # Linux TCP_TIMEOUT_MIN: 2 jiffies
 TCP_TIMEOUT_INIT = 1.0  # PTO when there is no RTT sample yet (RFC 8985 7.2)
@@ -55,13 +57,43 @@ class SenderMixin(ConnectionCore):
             return sb.bytes_in_flight
         flight = sb.bytes_in_flight
         if self.dupacks and flight:
-            segs = len(sb)
+            segs = sb.packets_out
             flight -= min(self.dupacks, max(segs - 1, 0)) * self.mss_cache
         if self.ca_state == CaState.RECOVERY:
             head = sb.first()
             if head is not None and not head.lost:
                 flight -= head.end - head.start
         return max(flight, 0)
+
+    # -- segmentation offload ---------------------------------------------------------
+
+    def _size_goal(self, mss: int) -> int:
+        """Payload bytes one segment may carry: ``mss``, or with TSO a multiple of it that the
+        link cuts into ``mss`` pieces (Linux tcp_xmit_size_goal / tcp_bound_to_half_wnd).
+
+        TSO is used only while the path MTU is the interface's (the stack grants
+        ``gso_max_size`` only when the connection's MTU is the link's; no ICMP has lowered it
+        since) and the send MSS is the one that MTU gives (not clamped by the peer's MSS option
+        or the user): then every piece is exactly what a device that knows only its MTU cuts
+        (virtio-net gso_size = MTU - headers), never more than the peer's MSS.
+        """
+        gso_max = self.gso_max_size
+        opts = self.opts
+        if gso_max <= 0 or not opts.tso or self.pmtu != opts.mtu:
+            return mss
+        ts_len = TS_OPTION_LEN if self.ts_ok else 0
+        if self.mss_cache != self.pmtu - 40 - ts_len:
+            return mss
+        # IPv4 + TCP headers with the options data segments carry now (timestamps, and SACK
+        # blocks, which _current_mss took off mss_cache).
+        headers = 40 + ts_len + (self.mss_cache - mss)
+        goal = min(gso_max, IP_MAX_PACKET) - headers
+        # tcp_bound_to_half_wnd: never more than half the largest window the peer offered.
+        half = self.max_window >> 1 if self.max_window > TCP_MSS_DEFAULT else self.max_window
+        if half and goal > half:
+            goal = half
+        segs = goal // mss
+        return segs * mss if segs >= TCP_MIN_TSO_SEGS else mss
 
     # -- the transmit loop ------------------------------------------------------------
 
@@ -99,6 +131,7 @@ class SenderMixin(ConnectionCore):
         probe = self.tlp_pending
         sent_new = False
         # Loop invariants hoisted: this loop runs once per segment sent.
+        size_goal = self._size_goal(mss)
         half_max_window = self.max_window >> 1
         nodelay = self.opts.nodelay
         data_tos = self._data_tos()
@@ -125,6 +158,21 @@ class SenderMixin(ConnectionCore):
                 break
             room = wnd_end - snd_nxt
             n = min(mss, avail, room) if avail > 0 else 0
+            if n == mss and size_goal > mss and not probe:
+                # TSO (Linux tcp_write_xmit / tcp_mss_split_point): as many whole MSS pieces
+                # as cwnd (in packets, as tcp_cwnd_test), the window and the size goal allow,
+                # so congestion control sees the same packets it would see one by one.
+                quota = -(-(cc.cwnd - in_flight) // mss) * mss if in_flight < cc.cwnd else mss
+                n = min(size_goal, quota, avail, room)
+                partial = n % mss
+                if partial and (
+                    n < avail  # window-limited: the fragment is judged by SWS next round
+                    or (
+                        not fin_ready and not nodelay
+                        and self.snd_sml > self.snd_una and self.snd_sml <= snd_nxt
+                    )  # the data's small tail: Nagle (Minshall) would hold it (tcp_nagle_check)
+                ):
+                    n -= partial
             if avail > 0:
                 if n <= 0:
                     rwnd_blocked = True
@@ -173,15 +221,25 @@ class SenderMixin(ConnectionCore):
                     seg_options = options
             seg = emit(snd_nxt, flags, now, payload, options=options, tos=data_tos if n else 0)
             out.append(seg)
-            on_sent(snd_nxt, seg_end, now, retransmit=False, rate=rate, fin=fin)
             self.snd_nxt = seg_end
             if fin:
                 self.fin_seq = end
+            if n > mss:
+                # A super-segment: the link sends it as pcount packets (Linux gso_segs).
+                on_sent(snd_nxt, seg_end, now, retransmit=False, rate=rate, fin=fin,
+                        gso_size=mss)
+                pcount = -(-n // mss)
+                self.segs_out += pcount - 1
+                self.data_segs_out += pcount
+            else:
+                on_sent(snd_nxt, seg_end, now, retransmit=False, rate=rate, fin=fin)
+                if n:
+                    self.data_segs_out += 1
             if n:
-                self.data_segs_out += 1
                 self.bytes_sent += n
                 self.last_data_sent = now
-                if n < mss:
+                if n % mss:
+                    # Linux tcp_minshall_update: the segment ends with a piece below the MSS.
                     self.snd_sml = seg_end
             if self.retrans_stamp is None:
                 self.retrans_stamp = now
@@ -287,6 +345,11 @@ class SenderMixin(ConnectionCore):
         length = end - start
         self.total_retrans += 1
         self.bytes_retrans += n
+        if n:
+            # Linux counts every transmission of data here, retransmissions included
+            # (__tcp_transmit_skb): tcpi_data_segs_out and tcpi_bytes_sent are wire totals.
+            self.data_segs_out += 1
+            self.bytes_sent += n
         self.undo_retrans = max(self.undo_retrans, 0) + 1
         if self.ca_state == CaState.RECOVERY:
             self.prr_out += length
@@ -369,7 +432,7 @@ class SenderMixin(ConnectionCore):
         srtt = rtt.srtt
         if srtt:
             # One segment out: the receiver may be holding its ACK for the delayed-ACK timer.
-            pto = 2 * srtt + (self.opts.min_rto if len(sb) == 1 else TCP_TIMEOUT_MIN)
+            pto = 2 * srtt + (self.opts.min_rto if sb.packets_out == 1 else TCP_TIMEOUT_MIN)
         else:
             pto = TCP_TIMEOUT_INIT
         # Never later than the RTO would fire.

@@ -51,13 +51,13 @@ _TCP = struct.Struct("!HHIIBBHHH")
 
 # Parsing reads fewer, cheaper fields: struct's cost is mostly one int object per field whose
 # value is above 256 (small ints are shared), so the fragment word is read as two bytes, the
-# checksums are skipped (``2x``), and addresses and ports come out as one 12-octet key into
-# _flow_of. Fields: vihl, tos, total_len, ip_id, frag_hi, frag_lo, ttl, protocol, flow key,
-# seq, ack, data offset byte, flags, window, urgent.
-_PARSE = struct.Struct("!BBHHBBBB2x12sIIBBH2xH")
+# checksums and the data offset octet (already read to choose the struct) are skipped, and
+# addresses and ports come out as one 12-octet key into _flow_of. Fields: vihl, tos, total_len,
+# ip_id, frag_hi, frag_lo, ttl, protocol, flow key, seq, ack, flags, window, urgent.
+_PARSE = struct.Struct("!BBHHBBBB2x12sIIxBH2xH")
 # The same and, for data offset 8, what nearly always follows in an established connection:
 # NOP, NOP, timestamps (RFC 7323 appendix A layout), as prefix word, TSval, TSecr.
-_PARSE_TS = struct.Struct("!BBHHBBBB2x12sIIBBH2xHIII")
+_PARSE_TS = struct.Struct("!BBHHBBBB2x12sIIxBH2xHIII")
 _FAST_LEN = IPV4_HEADER_LEN + TCP_HEADER_LEN
 _FAST_TS_LEN = _PARSE_TS.size
 _OFFSET_5 = 5 << 4  # data offset byte of a header without options, reserved bits clear
@@ -91,16 +91,9 @@ def _flow(key: bytes) -> tuple[str, str, int, int]:
     return flow
 
 
-def _byte_view(buf: object) -> bytes | memoryview:
-    if isinstance(buf, memoryview):
-        if buf.format == "B" and buf.ndim == 1 and buf.c_contiguous:
-            return buf
-        if buf.c_contiguous:
-            return buf.cast("B")
-        return buf.tobytes()
-    if isinstance(buf, bytearray):
-        return memoryview(buf)
-    if isinstance(buf, bytes):
+def _as_bytes(buf: object) -> bytes:
+    # A copy: the payload is copied out anyway, and the straight path then slices bytes only.
+    if isinstance(buf, bytes | bytearray | memoryview):
         return bytes(buf)
     raise TypeError(f"a packet is bytes, bytearray or memoryview, not {type(buf).__name__}")
 
@@ -116,58 +109,84 @@ def parse_packet(
     checksum) and nothing else for any content of ``buf``.
     """
     # Every line here is on the per-packet path; see bench/wire.py and the module docstring for
-    # what each costs. The straight path takes IHL 5, TCP, unfragmented, with sane lengths; any
-    # other packet, malformed ones included, goes to _parse_general, which names the fault.
+    # what each costs. The straight paths take IHL 5, TCP, unfragmented, with sane lengths, one
+    # per common header shape (no options; NOP NOP TS; anything else, options decoded in
+    # general), each with its own copy of the checks so that no branch tests what another
+    # already knows. Any other packet, malformed ones included, goes to _parse_general, which
+    # names the fault.
     if type(buf) is not bytes:
-        buf = _byte_view(buf)
+        buf = _as_bytes(buf)
     n = len(buf)
-    if n >= _FAST_TS_LEN and buf[32] == _OFFSET_8:
-        (vihl, tos, total_len, ip_id, frag_hi, frag_lo, ttl, protocol, flow_key, seq, ack,
-         offset, flags, window, urgent, option_prefix, tsval, tsecr) = _PARSE_TS.unpack_from(buf)
-    elif n >= _FAST_LEN:
-        (vihl, tos, total_len, ip_id, frag_hi, frag_lo, ttl, protocol, flow_key, seq, ack,
-         offset, flags, window, urgent) = _PARSE.unpack_from(buf)
-        option_prefix = 0
-    else:
+    if n < _FAST_LEN:
         return _parse_general(buf, verify_checksum)
-    if (
-        vihl != 0x45
-        or protocol != PROTO_TCP
-        or frag_lo
-        or frag_hi & _FRAGMENT_HI
-        or total_len > n
-    ):
-        return _parse_general(buf, verify_checksum)
-    if offset == _OFFSET_5 and total_len >= _FAST_LEN:
-        data_at = _FAST_LEN
-        options: TcpOptions | None = NO_OPTIONS
-    elif option_prefix == _NOP_NOP_TS_PREFIX and total_len >= _FAST_TS_LEN:  # offset byte 0x80
-        data_at = _FAST_TS_LEN
-        # new_options() inlined.
-        fast_options: Any = _MutableOptions()
-        fast_options.mss = None
-        fast_options.wscale = None
-        fast_options.sack_permitted = False
-        fast_options.sack_blocks = ()
-        fast_options.timestamps = _new_tuple(Timestamps, (tsval, tsecr))
-        fast_options.unknown = ()
-        fast_options.layout = _LAYOUT_NOP_NOP_TS
-        fast_options.__class__ = TcpOptions
-        options = fast_options
+    offset = buf[32]  # TCP data offset octet if IHL is 5 (checked below)
+    if offset == _OFFSET_5:
+        (vihl, tos, total_len, ip_id, frag_hi, frag_lo, ttl, protocol, flow_key, seq, ack,
+         flags, window, urgent) = _PARSE.unpack_from(buf)
+        if (
+            vihl != 0x45
+            or protocol != PROTO_TCP
+            or frag_lo
+            or frag_hi & _FRAGMENT_HI
+            or total_len > n
+            or total_len < _FAST_LEN
+        ):
+            return _parse_general(buf, verify_checksum)
+        if verify_checksum:
+            _verify_tcp(buf, IPV4_HEADER_LEN, total_len, int.from_bytes(flow_key[0:4], "big"),
+                        int.from_bytes(flow_key[4:8], "big"))
+        options: TcpOptions = NO_OPTIONS
+        payload = buf[_FAST_LEN:total_len]
+    elif offset == _OFFSET_8 and n >= _FAST_TS_LEN:
+        (vihl, tos, total_len, ip_id, frag_hi, frag_lo, ttl, protocol, flow_key, seq, ack,
+         flags, window, urgent, option_prefix, tsval, tsecr) = _PARSE_TS.unpack_from(buf)
+        if (
+            vihl != 0x45
+            or protocol != PROTO_TCP
+            or frag_lo
+            or frag_hi & _FRAGMENT_HI
+            or total_len > n
+            or total_len < _FAST_TS_LEN
+        ):
+            return _parse_general(buf, verify_checksum)
+        if verify_checksum:  # before the options: a corrupt packet is a ChecksumError
+            _verify_tcp(buf, IPV4_HEADER_LEN, total_len, int.from_bytes(flow_key[0:4], "big"),
+                        int.from_bytes(flow_key[4:8], "big"))
+        if option_prefix == _NOP_NOP_TS_PREFIX:
+            # new_options() inlined.
+            fast_options: Any = _MutableOptions()
+            fast_options.mss = None
+            fast_options.wscale = None
+            fast_options.sack_permitted = False
+            fast_options.sack_blocks = ()
+            fast_options.timestamps = _new_tuple(Timestamps, (tsval, tsecr))
+            fast_options.unknown = ()
+            fast_options.layout = _LAYOUT_NOP_NOP_TS
+            fast_options.__class__ = TcpOptions
+            options = fast_options
+        else:
+            options = decode_options(buf[_FAST_LEN:_FAST_TS_LEN])
+        payload = buf[_FAST_TS_LEN:total_len]
     else:
-        header_len = (offset >> 2) & 0x3C
-        if header_len < TCP_HEADER_LEN or header_len > total_len - IPV4_HEADER_LEN:
+        (vihl, tos, total_len, ip_id, frag_hi, frag_lo, ttl, protocol, flow_key, seq, ack,
+         flags, window, urgent) = _PARSE.unpack_from(buf)
+        header_len = (offset >> 2) & 0x3C  # reserved bits of the octet ignored
+        if (
+            vihl != 0x45
+            or protocol != PROTO_TCP
+            or frag_lo
+            or frag_hi & _FRAGMENT_HI
+            or total_len > n
+            or header_len < TCP_HEADER_LEN
+            or header_len > total_len - IPV4_HEADER_LEN
+        ):
             return _parse_general(buf, verify_checksum)
         data_at = IPV4_HEADER_LEN + header_len
-        options = None  # decoded after the checksum: a corrupt packet is a ChecksumError
-    if verify_checksum:
-        _verify_tcp(buf, IPV4_HEADER_LEN, total_len, int.from_bytes(flow_key[0:4], "big"),
-                    int.from_bytes(flow_key[4:8], "big"))
-    if options is None:
-        options = decode_options(bytes(buf[_FAST_LEN:data_at]))
-    payload = buf[data_at:total_len]
-    if type(payload) is not bytes:
-        payload = bytes(payload)
+        if verify_checksum:
+            _verify_tcp(buf, IPV4_HEADER_LEN, total_len, int.from_bytes(flow_key[0:4], "big"),
+                        int.from_bytes(flow_key[4:8], "big"))
+        options = decode_options(buf[_FAST_LEN:data_at])
+        payload = buf[data_at:total_len]
     try:
         src, dst, sport, dport = _flow_of[flow_key]
     except KeyError:

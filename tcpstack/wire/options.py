@@ -47,6 +47,13 @@ _SACKOK_TS = _NOP_NOP_TS  # same shape: 4,2,8,10 instead of 1,1,8,10
 _NOP_NOP_TS_PREFIX = b"\x01\x01\x08\x0a"
 _LAYOUT_NOP_NOP_TS = (NOP, NOP, TIMESTAMP)
 _new_timestamps = tuple.__new__
+# Linux's SYN and SYN-ACK with every option (tcp_options_write): mss, sackOK, TS, nop, wscale,
+# 20 octets, one struct call each way. The fixed octets: kind and length of each option, NOP.
+_LAYOUT_LINUX_SYN = (MSS, SACK_PERMITTED, TIMESTAMP, NOP, WSCALE)
+_LINUX_SYN = struct.Struct("!BBHBBBBIIBBBB")
+_LINUX_SYN_MSS = b"\x02\x04"
+_LINUX_SYN_MIDDLE = b"\x04\x02\x08\x0a"  # sackOK, then TS kind and length
+_LINUX_SYN_TAIL = b"\x01\x03\x03"  # nop, then wscale kind and length
 
 
 def decode_options(data: bytes) -> TcpOptions:
@@ -60,6 +67,18 @@ def decode_options(data: bytes) -> TcpOptions:
         return new_options(
             None, None, False, (), _new_timestamps(Timestamps, (tsval, tsecr)), (),
             _LAYOUT_NOP_NOP_TS,
+        )
+    if (
+        end == 20
+        and data.startswith(_LINUX_SYN_MSS)
+        and data[4:8] == _LINUX_SYN_MIDDLE
+        and data[16:19] == _LINUX_SYN_TAIL
+    ):
+        # The SYN of every Linux peer (and ours): the loop below would find the same values.
+        (_, _, mss_value, _, _, _, _, tsval, tsecr, _, _, _, wscale_value) = _LINUX_SYN.unpack(data)
+        return new_options(
+            mss_value, wscale_value, True, (), _new_timestamps(Timestamps, (tsval, tsecr)), (),
+            _LAYOUT_LINUX_SYN,
         )
     mss: int | None = None
     wscale: int | None = None
@@ -211,6 +230,16 @@ def _encode_layout(options: TcpOptions, layout: tuple[int, ...]) -> bytes:
             and not options.sack_permitted and not options.sack_blocks and not options.unknown
         ):
             return _NOP_NOP_TS.pack(NOP, NOP, TIMESTAMP, 10, ts[0], ts[1])
+    elif layout == _LAYOUT_LINUX_SYN:
+        ts = options.timestamps
+        mss = options.mss
+        wscale = options.wscale
+        if (
+            ts is not None and mss is not None and wscale is not None and options.sack_permitted
+            and not options.sack_blocks and not options.unknown
+        ):
+            return _LINUX_SYN.pack(MSS, 4, mss, SACK_PERMITTED, 2, TIMESTAMP, 10, ts[0], ts[1],
+                                   NOP, WSCALE, 3, wscale)
     parts: list[bytes] = []
     used: set[int] = set()
     unknown_left = list(options.unknown)

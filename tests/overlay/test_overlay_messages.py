@@ -11,7 +11,7 @@ import struct
 import time
 
 import pytest
-from conftest import scaled_examples
+from example_budget import scaled_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,7 +89,10 @@ messages = st.one_of(
     st.builds(Lsa, origin=node_ids, seq=u64, links=st.lists(adverts, max_size=6).map(tuple)),
     datas(),
     acks(),
-    st.builds(Probe, nonce=u64, sent=st.floats(allow_nan=False, allow_infinity=False)),
+    st.builds(
+        Probe, nonce=u64, sent=st.floats(allow_nan=False, allow_infinity=False),
+        rtt=st.floats(min_value=0.0, allow_infinity=False),
+    ),
     st.builds(ProbeReply, nonce=u64, sent=st.floats(allow_nan=False, allow_infinity=False)),
 )
 
@@ -105,6 +108,7 @@ def sample_messages() -> list[Message]:
         Data("a", "d", 1, 2, True, ("a", "b", "d"), 1, b"payload"),
         DataAck("d", "a", 2, ("d", "b", "a"), 1),
         Probe(77, 12.5),
+        Probe(78, 12.5, 0.021),
         ProbeReply(77, 12.5),
     ]
 
@@ -131,7 +135,7 @@ def sign(
 def test_frame_layout_is_as_documented() -> None:
     writer = FrameWriter(KEY, "n17", counter_start=0x0102030405060708)
     frame = writer.encode(Probe(5, 1.5))
-    body = struct.pack(">Qd", 5, 1.5)
+    body = struct.pack(">Qdd", 5, 1.5, 0.0)
     assert frame[:4] == struct.pack(">I", len(frame) - 4)
     assert frame[4] == VERSION and frame[5] == MsgType.PROBE
     assert frame[6] == 3 and frame[7:10] == b"n17"
@@ -268,7 +272,7 @@ def test_replay_table_is_bounded() -> None:
 
 def test_wrong_version_is_dropped() -> None:
     reader = FrameReader(KEY)
-    feed_then_good(reader, sign(struct.pack(">Qd", 1, 0.0), version=VERSION + 1))
+    feed_then_good(reader, sign(struct.pack(">Qdd", 1, 0.0, 0.0), version=VERSION + 1))
     assert reader.stats[DropReason.BAD_VERSION] == 1 and reader.stats.total == 1
 
 
@@ -304,9 +308,12 @@ def body_data(*, flags: int = 1, hop: int = 0, path: tuple[bytes, ...] = (b"a", 
     "kind, body",
     [
         (99, b""),  # unknown type
-        (MsgType.PROBE, struct.pack(">Qd", 1, 0.0)[:-1]),  # short
-        (MsgType.PROBE, struct.pack(">Qd", 1, 0.0) + b"\x00"),  # trailing byte
-        (MsgType.PROBE, struct.pack(">Qd", 1, math.nan)),
+        (MsgType.PROBE, struct.pack(">Qdd", 1, 0.0, 0.0)[:-1]),  # short
+        (MsgType.PROBE, struct.pack(">Qdd", 1, 0.0, 0.0) + b"\x00"),  # trailing byte
+        (MsgType.PROBE, struct.pack(">Qdd", 1, math.nan, 0.0)),
+        (MsgType.PROBE, struct.pack(">Qdd", 1, 0.0, -0.5)),  # negative RTT
+        (MsgType.PROBE, struct.pack(">Qdd", 1, 0.0, math.inf)),
+        (MsgType.PROBE_REPLY, struct.pack(">Qd", 1, 0.0) + b"\x00"),
         (MsgType.HELLO, b"\x00" + struct.pack(">HQ", 1, 1)),  # empty node id
         (MsgType.HELLO, b"\x02\xff\xfe" + struct.pack(">HQ", 1, 1)),  # not UTF-8
         (MsgType.HELLO, b"\x09abc"),  # string runs past the body
@@ -360,9 +367,9 @@ def test_hand_built_good_body_is_accepted() -> None:
 def test_malformed_headers() -> None:
     reader = FrameReader(KEY)
     # A length prefix too small to hold a frame: dropped, and the next 5 bytes are skipped.
-    feed_then_good(reader, struct.pack(">I", 5) + b"\x01\x05\x01ab")
+    feed_then_good(reader, struct.pack(">IBBB", 5, VERSION, 5, 1) + b"ab")
     # Sender length running into the MAC.
-    frame = bytearray(sign(struct.pack(">Qd", 1, 0.0)))
+    frame = bytearray(sign(struct.pack(">Qdd", 1, 0.0, 0.0)))
     frame[6] = 60
     signed = bytes(frame[:-MAC_SIZE])
     feed_then_good(reader, signed + hmac.digest(KEY, signed, hashlib.sha256), counter=10**6 + 1)

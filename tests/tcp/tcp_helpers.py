@@ -35,6 +35,7 @@ import attrs
 from tcpstack.tcp.config import ConnectionOptions
 from tcpstack.tcp.connection import Connection
 from tcpstack.tcp.state import TcpState
+from tcpstack.wire.options import encode_options
 from tcpstack.wire.segment import (
     OptionKind,
     SackBlock,
@@ -360,8 +361,32 @@ class Impairments:
     outages: tuple[tuple[float, float], ...] = ()  # [start, end) intervals dropping everything
 
 
+def gso_cut(seg: TcpSegment, mtu: int) -> list[TcpSegment]:
+    """Cut a TSO super-segment as a device does (Linux tcp_gso_segment): pieces of ``mtu``
+    less the headers, sequence numbers advanced, CWR on the first piece only, PSH and FIN on
+    the last only, the same options (timestamps) on each."""
+    piece = mtu - 40 - len(encode_options(seg.options))
+    n = len(seg.payload)
+    if n <= piece:
+        return [seg]
+    flags = int(seg.flags)
+    last_only = int(TcpFlags.PSH | TcpFlags.FIN)
+    out = []
+    for off in range(0, n, piece):
+        f = flags & ~last_only if off + piece < n else flags
+        if off:
+            f &= ~int(TcpFlags.CWR)
+        out.append(attrs.evolve(seg, seq=(seg.seq + off) & MASK, flags=TcpFlags(f),
+                                payload=seg.payload[off:off + piece]))
+    return out
+
+
 class VirtualNetwork:
-    """Client and server engines joined by a seeded impaired channel, in virtual time."""
+    """Client and server engines joined by a seeded impaired channel, in virtual time.
+
+    ``gso_max_size`` > 0: both engines may send TSO super-segments, which the channel cuts into
+    MTU-sized packets (:func:`gso_cut`) before impairing each one, as a NIC or TUN device does.
+    """
 
     def __init__(
         self,
@@ -372,14 +397,18 @@ class VirtualNetwork:
         server_options: ConnectionOptions | None = None,
         client_iss: int = 0xFFFFFF00,
         server_iss: int = 0xFFFFF000,
+        gso_max_size: int = 0,
     ) -> None:
         self.rng = random.Random(seed)
+        self.gso_max_size = gso_max_size
+        self.super_segments = 0  # segments longer than one packet that the channel cut
         self.imp = impairments
         self.now = 0.0
         self.server_options = server_options or ConnectionOptions()
         self.server_iss = server_iss
         self.client = Connection(("198.18.0.1", 40000), ("198.18.0.2", 80), iss=client_iss,
                                  options=client_options or ConnectionOptions(), conn_id=1)
+        self.client.gso_max_size = gso_max_size
         self.server: Connection | None = None
         self.queue: list[tuple[float, int, str, TcpSegment]] = []
         self._n = 0
@@ -410,7 +439,16 @@ class VirtualNetwork:
 
     def _flush(self, conn: Connection, to: str) -> None:
         for seg in conn.poll_transmit(self.now):
-            self._send(seg, to)
+            if self.gso_max_size:
+                assert 40 + len(encode_options(seg.options)) + len(seg.payload) <= (
+                    self.gso_max_size
+                )
+                pieces = gso_cut(seg, conn.pmtu)
+                self.super_segments += len(pieces) > 1
+                for piece in pieces:
+                    self._send(piece, to)
+            else:
+                self._send(seg, to)
 
     def conns(self) -> list[Connection]:
         return [c for c in (self.client, self.server) if c is not None]
@@ -427,7 +465,14 @@ class VirtualNetwork:
                     self.deadline_violations.append((d, c.last_now))
                 times.append(d)
         if not times:
-            return False
+            # Application calls since the last step (send, shutdown_write) may have output
+            # waiting that no timer covers: poll once, as the stack does after each call.
+            self._flush(self.client, "server")
+            if self.server is not None:
+                self._flush(self.server, "client")
+            if not self.queue:
+                return False
+            times.append(self.queue[0][0])
         self.now = max(self.now, min(times))
         while self.queue and self.queue[0][0] <= self.now:
             _, _, to, seg = heapq.heappop(self.queue)
@@ -437,6 +482,7 @@ class VirtualNetwork:
                         self.server = Connection.from_syn(
                             seg, iss=self.server_iss, options=self.server_options,
                             now=self.now, conn_id=2)
+                        self.server.gso_max_size = self.gso_max_size
                     continue
                 self.server.on_segment(seg, self.now)
             else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from conftest import scaled_examples
+from example_budget import scaled_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tcp_helpers import Impairments, VirtualNetwork
@@ -18,14 +18,14 @@ BUF = 16384
 
 
 def transfer(seed: int, loss: float, dup: float, reorder: float, sack: bool, ts: bool,
-             n_up: int, n_down: int) -> VirtualNetwork:
+             n_up: int, n_down: int, gso_max_size: int = 0) -> VirtualNetwork:
     opts = ConnectionOptions(sack=sack, timestamps=ts, send_buffer=BUF, receive_buffer=BUF,
                              time_wait=5.0)
     net = VirtualNetwork(
         seed=seed,
         impairments=Impairments(loss=loss, duplicate=dup, reorder=reorder, delay=0.01,
                                 jitter=0.004),
-        client_options=opts, server_options=opts,
+        client_options=opts, server_options=opts, gso_max_size=gso_max_size,
     )
     rng = random.Random(seed)
     up = rng.randbytes(n_up)
@@ -89,3 +89,30 @@ def test_heavy_loss_exercises_recovery_paths() -> None:
     total_rto = sum(c.total_rto for c in net.conns())
     total_retrans = sum(c.total_retrans for c in net.conns())
     assert total_rto > 0 and total_retrans > total_rto
+
+
+@settings(max_examples=scaled_examples(60))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    loss=st.sampled_from([0.0, 0.05, 0.15, 0.3]),
+    reorder=st.sampled_from([0.0, 0.1, 0.3]),
+    sack=st.booleans(),
+    ts=st.booleans(),
+    n_up=st.integers(0, 60_000),
+    n_down=st.integers(0, 12_000),
+)
+def test_streams_survive_impairments_with_tso(seed: int, loss: float, reorder: float,
+                                              sack: bool, ts: bool, n_up: int,
+                                              n_down: int) -> None:
+    # Super-segments cut into MTU-sized packets by the channel, each lost on its own: partial
+    # loss of a super-segment must be repaired piece by piece.
+    transfer(seed, loss, 0.02, reorder, sack, ts, n_up, n_down, gso_max_size=65535)
+
+
+def test_tso_transfer_uses_super_segments_and_repairs_partial_losses() -> None:
+    net = transfer(11, 0.05, 0.0, 0.1, True, True, 60_000, 5_000, gso_max_size=65535)
+    assert net.super_segments > 0
+    client = net.client
+    # Pieces of super-segments were lost and retransmitted one MSS at a time.
+    assert client.total_retrans > 0
+    assert client.bytes_retrans <= client.total_retrans * client.mss_cache

@@ -1,0 +1,234 @@
+"""Byte buffers of a connection, kept as chunks so that bulk data is copied as little as possible.
+
+A ``bytearray`` consumed from the front and appended at the back copies its whole live content
+whenever it outgrows its allocation or shrinks below half of it (CPython's ``PyByteArray_Resize``
+after a front deletion), and touches fresh pages each time: at 64 KiB segments (TSO, GRO, large
+MTUs) that was the largest cost of a bulk transfer. Here the bytes objects the application and the
+parser already made are kept as they are:
+
+* :class:`SendBuffer` holds the application's data from ``snd_una`` on: one copy per ``send``,
+  none when the application hands over an immutable ``bytes`` object (directly or through a
+  read-only memoryview, as ``send_all`` does), which is then referenced until acknowledged;
+  a segment's payload is a slice of one chunk (or the chunk itself), a join only when it spans
+  two.
+* :class:`ReceiveQueue` holds in-order received data; delivering a segment's payload stores the
+  bytes object without copying; a read returns a chunk as it is when it is asked for whole.
+
+Both keep their chunks in a list with a moving head index (a deque keeps a 64-slot block even
+when empty, which idle connections cannot afford) and compact it when the dead head dominates.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+__all__ = ["SendBuffer", "ReceiveQueue"]
+
+# Appends smaller than this are merged into the last chunk (bounded copy), so many small sends
+# do not make many tiny chunks that every segment would have to join.
+_MERGE_LIMIT = 4096
+_COMPACT_AT = 32  # dead head entries before the lists are compacted
+
+
+class SendBuffer:
+    """Bytes from ``start`` (snd_una's first data byte) to ``end`` (the write sequence).
+
+    Bounded by ``capacity``: :meth:`append` accepts what fits (the application sees
+    backpressure). The bytes stay until cumulatively acknowledged (for retransmission).
+    """
+
+    __slots__ = ("capacity", "start", "_end", "_chunks", "_starts", "_head")
+
+    def __init__(self, capacity: int, start: int) -> None:
+        self.capacity = capacity
+        self.start = start
+        self._end = start
+        self._chunks: list[bytes | memoryview] = []
+        self._starts: list[int] = []  # sequence number of each chunk's first byte
+        self._head = 0
+
+    def __len__(self) -> int:
+        return self._end - self.start
+
+    @property
+    def end(self) -> int:
+        return self._end
+
+    @property
+    def space(self) -> int:
+        return max(self.capacity - (self._end - self.start), 0)
+
+    def append(self, data: bytes | bytearray | memoryview) -> int:
+        n = min(len(data), self.capacity - (self._end - self.start))
+        if n <= 0:
+            return 0
+        chunks = self._chunks
+        if n < _MERGE_LIMIT and len(chunks) > self._head and len(chunks[-1]) < _MERGE_LIMIT:
+            chunks[-1] = bytes(chunks[-1]) + (data[:n] if n < len(data) else data)
+        else:
+            chunk: bytes | memoryview
+            if type(data) is bytes:
+                # Immutable: kept as it is (a slice is one copy of what fits).
+                chunk = data if n == len(data) else data[:n]
+            elif type(data) is memoryview and data.readonly and type(data.obj) is bytes:
+                # A view of an immutable bytes object: reference it, no copy.
+                chunk = data[:n] if n < len(data) else data
+            else:
+                # A mutable buffer the application may reuse once send() returns: copy.
+                chunk = bytes(data[:n] if n < len(data) else data)
+            chunks.append(chunk)
+            self._starts.append(self._end)
+        self._end += n
+        return n
+
+    def data(self, seq: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``seq`` (``start <= seq``), fewer past ``end``."""
+        if seq < self.start:
+            raise ValueError(f"{seq} is below the send buffer's start {self.start}")
+        length = min(length, self._end - seq)
+        if length <= 0:
+            return b""
+        starts = self._starts
+        chunks = self._chunks
+        i = bisect_right(starts, seq, lo=self._head) - 1
+        chunk = chunks[i]
+        off = seq - starts[i]
+        if off + length <= len(chunk):
+            if off == 0 and length == len(chunk) and type(chunk) is bytes:
+                return chunk
+            return bytes(chunk[off : off + length])
+        parts = [chunk[off:]]
+        got = len(chunk) - off
+        while got < length:
+            i += 1
+            chunk = chunks[i]
+            take = min(len(chunk), length - got)
+            parts.append(chunk if take == len(chunk) else chunk[:take])
+            got += take
+        return b"".join(parts)
+
+    def ack_to(self, seq: int) -> int:
+        """Drop bytes below ``seq``; return how many were dropped."""
+        n = min(seq, self._end) - self.start
+        if n <= 0:
+            return 0
+        self.start += n
+        chunks, starts = self._chunks, self._starts
+        head = self._head
+        count = len(chunks)
+        # Whole chunks below the new start leave; a chunk cut in two stays until passed.
+        while head < count:
+            chunk_end = starts[head + 1] if head + 1 < count else self._end
+            if chunk_end > self.start:
+                break
+            chunks[head] = b""
+            head += 1
+        if head >= count:
+            chunks.clear()
+            starts.clear()
+            head = 0
+        elif head >= _COMPACT_AT and head * 2 > len(chunks):
+            del chunks[:head]
+            del starts[:head]
+            head = 0
+        self._head = head
+        return n
+
+    def rebase(self, start: int) -> None:
+        """Empty buffer only: set where the data sequence starts (after our SYN)."""
+        if self._end != self.start:
+            raise ValueError("rebase of a send buffer that holds data")
+        self.start = self._end = start
+
+
+class ReceiveQueue:
+    """In-order received bytes waiting for the application, as the payload objects arrived."""
+
+    __slots__ = ("_chunks", "_head", "_off", "_len")
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._head = 0
+        self._off = 0  # bytes of the head chunk already read
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def append(self, data: bytes) -> None:
+        if data:
+            if type(data) is not bytes:
+                data = bytes(data)  # a mutable buffer could change under the reader
+            chunks = self._chunks
+            if len(data) < _MERGE_LIMIT and len(chunks) > self._head and (
+                len(chunks[-1]) < _MERGE_LIMIT
+            ):
+                chunks[-1] += data
+            else:
+                chunks.append(data)
+            self._len += len(data)
+
+    def read(self, max_bytes: int) -> bytes:
+        """Remove and return up to ``max_bytes`` from the front."""
+        if max_bytes <= 0 or not self._len:
+            return b""
+        chunks = self._chunks
+        i = self._head
+        chunk = chunks[i]
+        off = self._off
+        avail = len(chunk) - off
+        if max_bytes < avail:
+            self._off = off + max_bytes
+            self._len -= max_bytes
+            return chunk[off : off + max_bytes]
+        parts = [chunk[off:] if off else chunk]
+        got = avail
+        chunks[i] = b""
+        i += 1
+        n = len(chunks)
+        while i < n and got < max_bytes:
+            chunk = chunks[i]
+            take = min(len(chunk), max_bytes - got)
+            if take < len(chunk):
+                parts.append(chunk[:take])
+                self._off = take
+                got += take
+                break
+            parts.append(chunk)
+            chunks[i] = b""
+            got += take
+            i += 1
+        else:
+            self._off = 0
+        self._len -= got
+        if not self._len:
+            chunks.clear()
+            i = 0
+            self._off = 0
+        elif i >= _COMPACT_AT and i * 2 > len(chunks):
+            del chunks[:i]
+            i = 0
+        self._head = i
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def peek(self, max_bytes: int) -> bytes:
+        """The first ``max_bytes`` bytes, left in the queue (MSG_PEEK)."""
+        parts: list[bytes] = []
+        got = 0
+        off = self._off
+        for i in range(self._head, len(self._chunks)):
+            if got >= max_bytes:
+                break
+            chunk = self._chunks[i]
+            piece = chunk[off : off + max_bytes - got]
+            off = 0
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._head = self._off = self._len = 0
