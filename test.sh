@@ -6,8 +6,8 @@ cd "$(dirname "$0")"
 [ -x .venv/bin/python ] || { echo "test.sh: no .venv here; run ./setup.sh first" >&2; exit 2; }
 echo "== ruff check"
 .venv/bin/ruff check .
-echo "== mypy tcpstack"
-.venv/bin/mypy tcpstack
+echo "== mypy tcpstack overlay testbeds"
+.venv/bin/mypy tcpstack overlay testbeds
 echo "== pytest"
 set +e
 .venv/bin/python -m pytest "$@"

@@ -409,6 +409,17 @@ class Stack(StackCore):
         return merged
 
 
+def _owned_ports(link: Link) -> range | None:
+    """The port range a link (or the link under its middleware) receives for, if it has one."""
+    inner: Link | None = link
+    while inner is not None:
+        ports = getattr(inner, "ports", None)
+        if isinstance(ports, range):
+            return ports
+        inner = getattr(inner, "inner", None)
+    return None
+
+
 @asynccontextmanager
 async def open_stack(
     link: Link,
@@ -416,7 +427,7 @@ async def open_stack(
     address: str | None = None,
     profile: str = "linux",
     close_timeout: float = 2.0,
-    ephemeral_ports: range = DEFAULT_EPHEMERAL_PORTS,
+    ephemeral_ports: range | None = None,
     isn_secret: bytes | None = None,
     seed: int | None = None,
     syncookies: int = 1,
@@ -426,12 +437,18 @@ async def open_stack(
 ) -> AsyncIterator[Stack]:
     """Run a stack on ``link`` for the duration of the ``async with`` block.
 
-    ``address`` defaults to the link's. ``syncookies`` is ``net.ipv4.tcp_syncookies`` (0, 1, 2);
-    ``accounting`` turns on :meth:`Stack.activity`; ``batch`` bounds the packets read per
-    wake-up. Remaining keyword arguments are :class:`~tcpstack.tcp.config.ConnectionOptions` for
-    every connection. Leaving the block closes connections gracefully, waits up to
-    ``close_timeout`` seconds, then aborts the rest.
+    ``address`` defaults to the link's; ``ephemeral_ports`` to the ports the link owns if it owns
+    some (a :class:`~tcpstack.links.pcap.PcapLink` receives and guards only its range), else
+    ``DEFAULT_EPHEMERAL_PORTS``; the ``mtu`` connection option to the link's MTU (capped at
+    65535). ``syncookies`` is ``net.ipv4.tcp_syncookies`` (0, 1, 2); ``accounting`` turns on
+    :meth:`Stack.activity`; ``batch`` bounds the packets read per wake-up. Remaining keyword
+    arguments are :class:`~tcpstack.tcp.config.ConnectionOptions` for every connection. Leaving
+    the block closes connections gracefully, waits up to ``close_timeout`` seconds, then aborts
+    the rest.
     """
+    if ephemeral_ports is None:
+        ephemeral_ports = _owned_ports(link) or DEFAULT_EPHEMERAL_PORTS
+    options.setdefault("mtu", min(link.mtu, 65535))
     conn_options = ConnectionOptions(profile=profile, **options)
     conn_options.resolve()  # fail here, naming the option, rather than at the first connect
     stack = Stack(

@@ -90,9 +90,12 @@ def add_link_arguments(parser: argparse.ArgumentParser, *, default_ports: str) -
                        help="pcap: ports the stack owns and the firewall guard protects "
                        "(default %(default)s)")
     group.add_argument("--no-offload", action="store_true",
-                       help="tun: no checksum/segmentation offload (for comparison)")
-    group.add_argument("--backend", choices=("pcap", "afpacket"), default="pcap",
-                       help="pcap: receive with pypcap (default) or AF_PACKET (jumbo frames)")
+                       help="no checksum/segmentation offload and no receive coalescing: the "
+                       "stack computes and checks every checksum (for comparison, and for "
+                       "captures whose checksums are judged)")
+    group.add_argument("--backend", choices=("afpacket", "pcap"), default="afpacket",
+                       help="pcap: receive with AF_PACKET (default: per-packet checksum status, "
+                       "send offload) or pypcap")
     group.add_argument("--name", default=None,
                        help="stack name for `tcpstack ss` and the firewall table "
                        "(default: the subcommand)")
@@ -123,7 +126,8 @@ async def _open_link(choice: LinkChoice) -> AsyncIterator[Any]:
         except ImportError as exc:  # pragma: no cover - the module ships with the package
             raise CommandError(f"pcap link unavailable: {exc}") from None
         async with open_pcap_link(choice.interface, address=choice.address, ports=choice.ports,
-                                  backend=choice.backend, name=choice.name) as link:
+                                  backend=choice.backend, name=choice.name,
+                                  offload=choice.offload) as link:
             yield link
     else:
         from tcpstack.links.tun import open_tun_link

@@ -2,12 +2,48 @@
 
 Transmit: a raw IPv4 socket (``IPPROTO_RAW``, which implies ``IP_HDRINCL``) bound to the
 interface; the kernel routes the stack's complete IPv4 packets and resolves MAC addresses.
-Receive: pypcap on the interface in immediate, non-blocking mode with a BPF filter for the stack's
-address and port range (plus ICMP errors); its descriptor is awaited with
-``trio.lowlevel.wait_readable`` and drained in batches. pypcap hands each packet over as a fresh
-``bytes`` copied out of libpcap's reused ring buffer; the link strips the link-layer header.
-:class:`~tcpstack.links.afpacket.AfPacketLink` is the fallback for jumbo frames, where pypcap is
-slow: an ``AF_PACKET`` socket with the same filter expression compiled to classic BPF.
+Receive: a packet capture on the interface with a BPF filter for the stack's address and port
+range (plus ICMP errors), its descriptor awaited with ``trio.lowlevel.wait_readable`` and drained
+in batches. Two capture backends:
+
+- ``afpacket`` (the default, :class:`~tcpstack.links.afpacket.AfPacketLink`): an ``AF_PACKET``
+  socket with the filter compiled to classic BPF. It reads the kernel's per-packet checksum
+  status, is fast for jumbo frames, and, on Ethernet, also transmits TCP through a packet socket
+  with checksum and segmentation offload (see that module).
+- ``pcap``: pypcap in immediate, non-blocking mode, each packet a ``bytes`` copied out of
+  libpcap's reused ring; the link strips the link-layer header. It was the issue's design and
+  stays selectable; it is not the default because it is strictly weaker: no checksum status
+  (so a rule, below, stands in for it), slow for 9000+ byte frames, and no transmit offload.
+
+Checksums: :attr:`PcapLink.checksum_offload` is True (unless opened with ``offload=False``,
+below), because the link does the work itself and the stack neither computes nor verifies TCP
+checksums on it (as with TunLink):
+
+- sending, the link fills in the TCP checksum of every packet (a raw IPv4 socket fills in only
+  the IPv4 header's), or lets the kernel do it (AF_PACKET transmit offload);
+- receiving, every packet's IPv4 header checksum is verified, and its TCP (ICMP) checksum is
+  verified in software unless the kernel vouches for it. On a veth (or tap, or loopback) with
+  offloads on, which is how most testbeds come, a local kernel peer sends CHECKSUM_PARTIAL
+  packets (and TSO super-segments larger than the MTU): their checksum field holds only the
+  pseudo-header sum, since the data never left memory. The AF_PACKET backend reads
+  ``PACKET_AUXDATA``: ``TP_STATUS_CSUMNOTREADY`` (partial) and ``TP_STATUS_CSUM_VALID``
+  (verified by the device or kernel) are accepted unverified, everything else is verified.
+  libpcap gives no per-packet status, so the ``pcap`` backend verifies every packet and applies
+  one documented rule: a TCP packet whose checksum does not verify but whose field equals the
+  folded pseudo-header sum of its own addresses and TCP length (and whose IPv4 header verifies)
+  is taken as CHECKSUM_PARTIAL from a local sender (:func:`classify_checksums`). Random
+  corruption of a packet with a real checksum matches that value with probability 2**-16, the
+  same odds by which the TCP checksum itself misses corruption; a sender that wants no such rule
+  uses the ``afpacket`` backend. Bad packets are dropped and counted in :class:`PcapStats`.
+
+With ``offload=False`` the stack computes and verifies every checksum, the link still drops
+what fails its own check and completes partial checksums before handing them up (as Linux's
+``skb_checksum_help``), and there is no coalescing or transmit offload: what a ``PcapTap`` over
+the link records then has whole checksums and MTU-sized segments, for captures that are judged.
+
+Receive coalescing (``gro``, on by default): a batch's runs of in-order data segments of one
+connection go up as one segment (:mod:`tcpstack.links.gro`), as the kernel's GRO does for a
+TUN or veth reader; the engine's cost is per segment.
 
 The stack uses the host's own address, so the host kernel must not answer for the stack's ports:
 :func:`open_pcap_link` installs a :class:`~tcpstack.firewall.FirewallGuard` for ``ports`` (see
@@ -15,11 +51,6 @@ The stack uses the host's own address, so the host kernel must not answer for th
 from ``link.ports``: ``open_stack(link, ephemeral_ports=link.ports)``. Segments to other ports never
 reach it (the filter), and the kernel answers them as usual. The address must be one the host
 answers ARP for (the interface's own, by default), or replies never come back.
-
-Veth and NIC offloads: with GRO/TSO on, a tap sees coalesced segments larger than the MTU whose
-TCP checksum is not filled in (the kernel vouches for them with a flag a pcap capture does not
-carry), and the stack, which verifies checksums on this link, drops them. Turn ``gro``, ``gso``,
-``tso`` and ``tx`` off on the interface (``ethtool -K``), as the interop tests do.
 
 Namespaces: descriptors belong to the network namespace they were opened in.
 :func:`open_pcap_link` opens them in ``netns`` (a name under ``/run/netns``) if given, else in the
@@ -50,14 +81,23 @@ import trio
 from tcpstack.firewall import FirewallGuard, guarded
 from tcpstack.hostnet import NetNamespace
 from tcpstack.links.base import DEFAULT_BATCH, Link, LinkStats, check_max_packets
+from tcpstack.links.offload import (
+    ChecksumVerdict,
+    classify_checksums,
+    coalesce,
+    complete_checksum,
+    with_tcp_checksum,
+)
 from tcpstack.privileges import Capability, require
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_BACKEND",
     "DEFAULT_PORTS",
     "InterfaceInfo",
     "LinkSetupError",
     "PcapLink",
+    "PcapStats",
     "compile_bpf",
     "default_interface",
     "filter_expression",
@@ -67,6 +107,8 @@ __all__ = [
 
 DEFAULT_PORTS: Final = range(40000, 41000)
 BACKENDS: Final = ("pcap", "afpacket")
+#: AF_PACKET: it reads the kernel's per-packet checksum status and is fast for jumbo frames.
+DEFAULT_BACKEND: Final = "afpacket"
 #: Bytes the capture keeps per packet: a GRO-coalesced segment from a kernel peer can be 64 KiB.
 SNAPLEN: Final = 65535 + 18
 #: Kernel buffer for captured packets: ~5 ms of a 10 Gbit/s burst; the stack drains it per wake-up.
@@ -77,10 +119,34 @@ _SIOCGIFADDR: Final = 0x8915
 _SIOCGIFMTU: Final = 0x8921
 _SO_SNDBUFFORCE: Final = 32
 _IPV4_MIN: Final = 20
+_TCP_MIN: Final = 20
+_PROTO_TCP: Final = 6
+_TCP_CSUM_IHL5: Final = 20 + 16
+_CSUM = struct.Struct("!H")
 
 
 class LinkSetupError(OSError):
     """The link could not be opened (no such interface, no address, capture refused ...)."""
+
+
+@attrs.define(slots=True)
+class PcapStats:
+    """Receive-side counters of a PcapLink beyond :class:`LinkStats` (which counts every drop
+    as well). See the module docstring for how checksums are judged."""
+
+    #: Packets whose checksums the link verified in software (the kernel vouched for nothing).
+    software_verified: int = 0
+    #: Packets the kernel marked checksum-verified (AF_PACKET ``TP_STATUS_CSUM_VALID``).
+    device_verified: int = 0
+    #: Packets with a partial TCP checksum from a local sender (AF_PACKET
+    #: ``TP_STATUS_CSUMNOTREADY``; on the pcap backend, the pseudo-header rule).
+    partial: int = 0
+    #: Packets dropped because a checksum failed (IPv4 header, TCP or ICMP).
+    checksum_dropped: int = 0
+    #: Packets dropped because they did not fit the receive buffer (AF_PACKET only).
+    truncated: int = 0
+    #: Segments merged into the one before them by receive coalescing (see ``gro``).
+    coalesced: int = 0
 
 
 # ---------------------------------------------------------------------------- interface facts
@@ -209,6 +275,14 @@ class PcapLink(Link):
         self._address = address
         self._mtu = info.mtu
         self._stats = LinkStats()
+        #: Receive-side checksum and truncation counters.
+        self.rx_stats = PcapStats()
+        #: Receive coalescing (:func:`tcpstack.links.offload.coalesce`): runs of in-order data
+        #: segments of one connection within a batch go up as one segment (with ``offload``).
+        self.gro = True
+        #: Checksum offload towards the stack (see :attr:`checksum_offload`). Off, the stack
+        #: computes and verifies checksums, and partial checksums are completed here first.
+        self.offload = True
         self._closed = False
         self._pending: deque[bytes] = deque()
         self._destinations: dict[bytes, tuple[str, int]] = {}
@@ -248,8 +322,10 @@ class PcapLink(Link):
 
     @property
     def checksum_offload(self) -> bool:
-        # Real wire: the stack computes checksums on send and verifies them on receive.
-        return False
+        # With ``offload`` (the default) the link does the checksum work itself: it fills in
+        # the TCP checksum of every packet it sends and verifies, or has the kernel's word
+        # for, every packet it hands up (see the module docstring), so the stack does neither.
+        return self.offload
 
     @property
     def closed(self) -> bool:
@@ -262,11 +338,22 @@ class PcapLink(Link):
         sendto = self._tx.sendto
         destinations = self._destinations
         stats = self._stats
+        mtu = self._mtu
+        offload = self.offload
         for packet in packets:
             size = len(packet)
-            if size < _IPV4_MIN or packet[0] >> 4 != 4 or size > self._mtu:
+            if size < _IPV4_MIN or packet[0] >> 4 != 4 or size > mtu:
                 stats.count_dropped(size)
                 continue
+            if packet[9] == _PROTO_TCP and offload:
+                # The stack leaves the TCP checksum to us (checksum_offload); a raw IPv4 socket
+                # fills in only the IPv4 header's.
+                data = with_tcp_checksum(packet)
+                if data is None:
+                    stats.count_dropped(size)
+                    continue
+            else:
+                data = packet
             key = packet[16:20]
             dest = destinations.get(key)
             if dest is None:
@@ -274,7 +361,7 @@ class PcapLink(Link):
                     destinations.clear()
                 dest = destinations[key] = (socket.inet_ntoa(key), 0)
             try:
-                sendto(packet, dest)
+                sendto(data, dest)
             except OSError as exc:
                 # A full socket buffer, an unreachable next hop, a netfilter drop, an interface
                 # gone down: a lost packet, as on a NIC; TCP recovers or times out. Counted by
@@ -315,19 +402,36 @@ class PcapLink(Link):
         return int(handle.fileno())
 
     def _drain(self, into: deque[bytes], max_packets: int) -> None:
-        """Move what the kernel holds (up to about ``max_packets``) into ``into``; never block."""
+        """Move what the kernel holds (up to about ``max_packets``) into ``into``; never block.
+
+        Checksums are verified here (pcap carries no per-packet checksum status), with the
+        pseudo-header rule for partial ones; failures are dropped and counted.
+        """
         readpkts = self._pcap.readpkts
         header = self._header
+        rx_stats = self.rx_stats
+        stats = self._stats
         # readpkts returns one ring block's packets, each a bytes copy; loop until the ring is
         # empty or a batch is full (a trio wake-up costs ~40 us, a read of an empty ring ~1 us).
         while len(into) < max_packets:
             got = readpkts()
             if not got:
                 return
-            if header:
-                into.extend([packet[header:] for _, packet in got])
-            else:
-                into.extend([packet for _, packet in got])
+            for _, packet in got:
+                if header:
+                    packet = packet[header:]
+                verdict = classify_checksums(packet, partial_rule=True)
+                if verdict is ChecksumVerdict.VALID:
+                    rx_stats.software_verified += 1
+                elif verdict is ChecksumVerdict.PARTIAL:
+                    rx_stats.partial += 1
+                    if not self.offload:
+                        packet = complete_checksum(packet)
+                else:
+                    rx_stats.checksum_dropped += 1
+                    stats.count_dropped(len(packet))
+                    continue
+                into.append(packet)
 
     def capture_stats(self) -> tuple[int, int, int]:
         """libpcap's (received, dropped by the kernel buffer, dropped by the interface)."""
@@ -353,6 +457,9 @@ class PcapLink(Link):
                 stats = self._stats
                 stats.packets_received += n
                 stats.bytes_received += sum(map(len, batch))
+                if self.gro and self.offload and n > 1:
+                    batch, merged = coalesce(batch)
+                    self.rx_stats.coalesced += merged
                 # A schedule point on every batch: under sustained load the ring never runs dry,
                 # and without it the receive task would starve the application that drains the
                 # receive buffer (and so keeps the advertised window open).
@@ -394,7 +501,7 @@ def _check_ports(ports: range) -> None:
 
 
 def _open(backend: str, interface: str | None, address: str | None, ports: range,
-          ns: NetNamespace) -> PcapLink:
+          ns: NetNamespace, gso: bool) -> PcapLink:
     with ns.entered():
         name = interface or default_interface()
         info = interface_info(name)
@@ -409,7 +516,9 @@ def _open(backend: str, interface: str | None, address: str | None, ports: range
         if backend == "afpacket":
             from tcpstack.links.afpacket import AfPacketLink
 
-            return AfPacketLink(info, addr, ports, ns)
+            afpacket = AfPacketLink(info, addr, ports, ns)
+            afpacket.gso = gso
+            return afpacket
         return PcapLink(info, addr, ports, ns)
 
 
@@ -420,13 +529,23 @@ async def open_pcap_link(
     address: str | None = None,
     ports: range = DEFAULT_PORTS,
     firewall: bool = True,
-    backend: str = "pcap",
+    backend: str = DEFAULT_BACKEND,
     name: str = "stack",
     netns: str | None = None,
+    offload: bool = True,
+    gro: bool = True,
+    gso: bool = True,
 ) -> AsyncIterator[PcapLink]:
     """A link on ``interface`` (default: the default route's) for ``address`` (default: the
     interface's primary IPv4 address) and TCP ``ports``, guarded by the firewall unless
-    ``firewall`` is False; ``backend`` "pcap" (pypcap) or "afpacket" (jumbo frames).
+    ``firewall`` is False; ``backend`` "afpacket" (the default) or "pcap" (pypcap).
+
+    ``offload`` False makes the stack compute and verify every checksum (so a ``PcapTap`` over
+    the link records whole checksums, as TunLink's ``offload=False`` does), completes partial
+    checksums in the link, and turns ``gro`` and ``gso`` off; ``gro``
+    False hands every segment up as it arrived (no receive coalescing); ``gso`` False keeps
+    the AF_PACKET backend to the raw IPv4 socket for sending (no checksum or segmentation
+    offload; the pcap backend never has them).
 
     ``netns`` names a network namespace (``/run/netns/<netns>``) to open the link and run the
     firewall commands in; None uses the calling thread's namespace. Missing privileges raise
@@ -443,7 +562,9 @@ async def open_pcap_link(
         require({Capability.CAP_SYS_ADMIN: f"entering network namespace {netns!r}"})
     ns = NetNamespace.named(netns) if netns is not None else NetNamespace.current()
     try:
-        link = _open(backend, interface, address, ports, ns)
+        link = _open(backend, interface, address, ports, ns, gso and offload)
+        link.gro = gro
+        link.offload = offload
         try:
             if firewall:
                 guard = FirewallGuard(link.interface, link.address, ports, name=name, netns=ns)

@@ -22,8 +22,9 @@ Then what the kernel and the wire say about the stack:
   IPv4 or TCP checksum by tshark, every checksum verified good, and no RST from the stack's host
   address while the firewall guard is up; after the stack exits its guard table is gone.
 
-PcapLink tests turn veth offloads off: with them on, a kernel peer hands the capture segments
-whose checksum is left to hardware, and the stack rightly drops them.
+PcapLink tests turn veth offloads off so that tshark can judge every checksum in the capture:
+with them on, a kernel peer's segments carry checksums left to "hardware" (the link accepts them
+by their AF_PACKET checksum status, tests/links/test_pcap_link.py), which tshark would flag.
 """
 
 from __future__ import annotations

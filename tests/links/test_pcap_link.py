@@ -1,4 +1,5 @@
-"""PcapLink and its AF_PACKET fallback: the capture filter, interface facts, and (as root, in
+"""PcapLink and its AF_PACKET backend: the capture filter, interface facts, the link's checksum
+work (filled in on send, verified or taken on the kernel's word on receive), and (as root, in
 namespaces) packets in and out, drops, closing, jumbo frames, privileges and namespaces."""
 
 from __future__ import annotations
@@ -6,19 +7,33 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import dpkt
 import pcap
 import pytest
 import trio
-from links_helpers import ipv4_checksum
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from links_helpers import ipv4, ipv4_checksum
 
+from tcpstack.links.afpacket import AfPacketLink
+from tcpstack.links.offload import (
+    ChecksumVerdict,
+    classify_checksums,
+    coalesce,
+    ipv4_header_ok,
+    segment_tcp,
+    with_tcp_checksum,
+)
 from tcpstack.links.pcap import (
+    DEFAULT_BACKEND,
     LinkSetupError,
     PcapLink,
     compile_bpf,
@@ -28,9 +43,16 @@ from tcpstack.links.pcap import (
     open_pcap_link,
 )
 from tcpstack.privileges import PrivilegeError
-from tcpstack.wire import build_packet
+from tcpstack.wire import build_packet, parse_packet
 from tcpstack.wire.icmp import build_icmp
-from tcpstack.wire.segment import IcmpMessage, IcmpType, TcpFlags, TcpSegment
+from tcpstack.wire.segment import (
+    IcmpMessage,
+    IcmpType,
+    TcpFlags,
+    TcpOptions,
+    TcpSegment,
+    Timestamps,
+)
 from testbeds.netns import Testnet as Net
 from testbeds.netns import entered, offloads, root_skip_reason
 
@@ -40,10 +62,33 @@ PORTS = range(40000, 40100)
 
 
 def tcp(dst: str, dport: int, payload: bytes = b"", *, src: str = PEER, sport: int = 8000,
-        seq: int = 1000) -> bytes:
+        seq: int = 1000, checksum: bool = True) -> bytes:
     return build_packet(TcpSegment(src, dst, sport, dport, seq, flags=TcpFlags.SYN | TcpFlags.ACK
                                    if not payload else TcpFlags.ACK, window=1000,
-                                   ip_id=seq & 0xFFFF, payload=payload))
+                                   ip_id=seq & 0xFFFF, payload=payload), checksum=checksum)
+
+
+def with_field(packet: bytes, at: int, value: int) -> bytes:
+    out = bytearray(packet)
+    out[at:at + 2] = value.to_bytes(2, "big")
+    return bytes(out)
+
+
+def partial(packet: bytes) -> bytes:
+    """``packet`` as a local Linux sender with checksum offload hands it over (CHECKSUM_PARTIAL):
+    the TCP checksum field holds the folded pseudo-header sum, not the checksum."""
+    total = len(packet)
+    s = int.from_bytes(packet[12:16], "big") % 0xFFFF + int.from_bytes(packet[16:20], "big")
+    s += 6 + total - 20
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return with_field(packet, 36, s)
+
+
+def corrupt_payload(packet: bytes) -> bytes:
+    out = bytearray(packet)
+    out[-1] ^= 0x40
+    return bytes(out)
 
 
 def icmp(type_: int, code: int, dst: str = US) -> bytes:
@@ -98,6 +143,71 @@ def test_compile_bpf_gives_a_sock_filter_array_and_names_bad_filters() -> None:
     assert raw[-8:] == bytes.fromhex("0600000000000000")
     with pytest.raises(LinkSetupError, match="bad capture filter"):
         compile_bpf("tcp dst port ninety")
+
+
+def test_classify_checksums_valid_bad_and_partial() -> None:
+    good = tcp(US, 40001, b"checksummed " * 50)
+    assert classify_checksums(good, partial_rule=False) is ChecksumVerdict.VALID
+    assert classify_checksums(icmp(IcmpType.DEST_UNREACHABLE, 4), partial_rule=True) is (
+        ChecksumVerdict.VALID)
+    # A flipped payload bit: bad whatever the rule (the field is a real, now wrong, checksum).
+    assert classify_checksums(corrupt_payload(good), partial_rule=True) is ChecksumVerdict.BAD
+    # CHECKSUM_PARTIAL: only the pseudo-header sum in the field. Accepted only under the rule.
+    half = partial(good)
+    assert classify_checksums(half, partial_rule=True) is ChecksumVerdict.PARTIAL
+    assert classify_checksums(half, partial_rule=False) is ChecksumVerdict.BAD
+    # The rule does not excuse a broken IPv4 header, a field off by one, or a length that lies.
+    assert classify_checksums(with_field(half, 10, 0x1234), partial_rule=True) is (
+        ChecksumVerdict.BAD)
+    field = int.from_bytes(half[36:38], "big")
+    assert classify_checksums(with_field(half, 36, field ^ 1), partial_rule=True) is (
+        ChecksumVerdict.BAD)
+    assert classify_checksums(half[:-1], partial_rule=True) is ChecksumVerdict.BAD
+    assert classify_checksums(b"\x45" + bytes(10), partial_rule=True) is ChecksumVerdict.BAD
+
+
+def test_partial_rule_matches_the_pseudo_header_sum_in_both_forms_of_zero() -> None:
+    # A source address whose pseudo-header sum is 0 (mod 65535): Linux may store that sum as
+    # 0xFFFF or as 0x0000; both are the same one's complement value.
+    payload = b"z"
+    rest = int.from_bytes(socket.inet_aton(US), "big") % 0xFFFF + 198 * 256 + 18 + 6 + 21
+    low = -rest % 0xFFFF
+    src = f"198.18.{low >> 8}.{low & 0xFF}"
+    packet = tcp(US, 40001, payload, src=src)
+    assert int.from_bytes(partial(packet)[36:38], "big") % 0xFFFF == 0
+    for form in (0xFFFF, 0x0000):
+        assert classify_checksums(with_field(packet, 36, form), partial_rule=True) is (
+            ChecksumVerdict.PARTIAL)
+    assert classify_checksums(with_field(packet, 36, 0x0001), partial_rule=True) is (
+        ChecksumVerdict.BAD)
+
+
+def test_with_tcp_checksum_fills_the_field_whatever_it_held() -> None:
+    segment_bytes = b"payload of odd length"
+    full = tcp(PEER, 8000, segment_bytes, src=US, sport=40001)
+    for before in (tcp(PEER, 8000, segment_bytes, src=US, sport=40001, checksum=False),
+                   with_field(full, 36, 0xBEEF), full):
+        assert bytes(with_tcp_checksum(before) or b"") == full
+    # Agrees with dpkt's checksum routine over the pseudo-header and the zeroed segment.
+    zeroed = with_field(full, 36, 0)
+    pseudo = zeroed[12:20] + bytes([0, 6]) + (len(full) - 20).to_bytes(2, "big")
+    expected = dpkt.dpkt.in_cksum(pseudo + zeroed[20:])
+    assert int.from_bytes((with_tcp_checksum(zeroed) or b"")[36:38], "big") == expected
+    # A fragment's checksum covers the whole datagram: unchanged. Lying lengths: unsendable.
+    fragment = bytearray(full)
+    fragment[6:8], fragment[10:12] = b"\x20\x00", b"\x00\x00"
+    fragment[10:12] = ipv4_checksum(bytes(fragment[:20])).to_bytes(2, "big")
+    assert with_tcp_checksum(bytes(fragment)) == bytes(fragment)
+    assert with_tcp_checksum(full[:-1]) is None
+    assert with_tcp_checksum(full[:30]) is None
+
+
+def test_ipv4_header_ok() -> None:
+    good = tcp(US, 40001)
+    assert ipv4_header_ok(good)
+    assert not ipv4_header_ok(with_field(good, 10, 0))
+    assert not ipv4_header_ok(good[:19])
+    assert not ipv4_header_ok(b"\x60" + good[1:])
 
 
 async def test_bad_arguments_fail_before_anything_opens() -> None:
@@ -157,7 +267,7 @@ async def test_receives_exactly_the_filtered_ipv4_packets(net: Net, backend: str
     async with open_pcap_link(net.client_dev, netns=net.client.name, ports=PORTS,
                               firewall=False, backend=backend) as link:
         assert (link.address, link.mtu, link.interface) == (net.client_addr, 1500, net.client_dev)
-        assert link.checksum_offload is False and link.ports == PORTS and link.guard is None
+        assert link.checksum_offload is True and link.ports == PORTS and link.guard is None
         wanted = [tcp(US, 40001, b"a" * 1460), icmp(IcmpType.DEST_UNREACHABLE, 4),
                   tcp(US, 40099, seq=7)]
         unwanted = [tcp(US, 39999), tcp(US, 40100), tcp(US, 22)]
@@ -174,24 +284,156 @@ async def test_receives_exactly_the_filtered_ipv4_packets(net: Net, backend: str
         assert late.cancelled_caught
 
 
+@pytest.fixture
+def net_offloading() -> Iterator[Net]:
+    """Veth offloads as the kernel sets them (on): the case of most users' testbeds."""
+    if SKIP is not None:
+        pytest.skip(SKIP)
+    with Net.create(subnet=7) as testnet:
+        for ns, dev in ((testnet.client, testnet.client_dev), (testnet.server, testnet.server_dev)):
+            offloads(ns, dev, on=True)
+        yield testnet
+
+
+@pytest.mark.parametrize("backend", ["pcap", "afpacket"])
+async def test_bad_checksums_are_dropped_and_counted_with_offloads_on(
+    net_offloading: Net, backend: str
+) -> None:
+    net = net_offloading
+    us, peer = net.client_addr, net.server_addr
+    async with open_pcap_link(net.client_dev, netns=net.client.name, ports=PORTS,
+                              firewall=False, backend=backend) as link:
+        good = tcp(us, 40001, b"g" * 1000, src=peer, seq=1)
+        bad_tcp = corrupt_payload(tcp(us, 40001, b"b" * 1000, src=peer, seq=2))
+        bad_ip = with_field(tcp(us, 40002, b"h" * 10, src=peer, seq=3), 10, 0x1111)
+        last = tcp(us, 40003, b"l" * 10, src=peer, seq=4)
+        mac = bytes.fromhex(net.client.run("cat", f"/sys/class/net/{net.client_dev}/address")
+                            .strip().replace(":", ""))
+        with entered(net.server):
+            # A packet socket: a raw IPv4 socket would repair the IPv4 header checksum.
+            out = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+        with out:
+            for packet in (good, bad_tcp, bad_ip, last):
+                # Sent as they are; nothing on the way marks them (CHECKSUM_NONE), so the link
+                # must check them itself.
+                out.sendto(packet, (net.server_dev, 0x0800, 0, 0, mac))
+        assert await _receive(link, 2) == [good, last]
+        assert link.rx_stats.checksum_dropped == 2
+        assert link.rx_stats.software_verified == 2 and link.rx_stats.partial == 0
+        assert (link.stats.packets_dropped, link.stats.packets_received) == (2, 2)
+
+
+@pytest.mark.parametrize("offload", [True, False])
+@pytest.mark.parametrize("backend", ["pcap", "afpacket"])
+async def test_partial_checksums_of_a_local_kernel_sender_are_accepted(
+    net_offloading: Net, backend: str, offload: bool
+) -> None:
+    """A kernel TCP SYN over a veth with tx offload on carries CHECKSUM_PARTIAL: its checksum
+    field is only the pseudo-header sum, yet the link hands it up (and says why); with
+    ``offload=False``, for a stack that verifies, completed."""
+    net = net_offloading
+    async with open_pcap_link(net.client_dev, netns=net.client.name, ports=PORTS,
+                              firewall=False, backend=backend, offload=offload) as link:
+        assert link.checksum_offload is offload and link.gso_max_size in (
+            (0, 65535) if offload else (0,))
+        with entered(net.server):
+            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setblocking(False)
+        with client:
+            with contextlib.suppress(BlockingIOError):
+                client.connect((net.client_addr, 40005))
+            (syn,) = (await _receive(link, 1))[:1]
+        assert syn[9] == 6 and int.from_bytes(syn[22:24], "big") == 40005
+        if offload:
+            assert classify_checksums(syn, partial_rule=False) is ChecksumVerdict.BAD
+            assert classify_checksums(syn, partial_rule=True) is ChecksumVerdict.PARTIAL
+        else:
+            assert classify_checksums(syn, partial_rule=False) is ChecksumVerdict.VALID
+        assert link.rx_stats.partial >= 1 and link.rx_stats.checksum_dropped == 0
+
+
 @pytest.mark.parametrize("backend", ["pcap", "afpacket"])
 async def test_sends_ipv4_packets_out_of_the_interface(net: Net, backend: str) -> None:
     async with open_pcap_link(net.client_dev, netns=net.client.name, ports=PORTS,
                               firewall=False, backend=backend) as link:
         packets = [tcp(PEER, 8000, bytes([i]) * 1000, src=US, sport=40001, seq=i) for i in range(5)]
-        too_big = tcp(PEER, 8000, b"z" * 1461, src=US, sport=40001)
+        # The stack leaves the TCP checksum to the link (checksum_offload): it is filled in.
+        handed = [tcp(PEER, 8000, bytes([i]) * 1000, src=US, sport=40001, seq=i, checksum=False)
+                  for i in range(5)]
+        assert all(a != b for a, b in zip(handed, packets, strict=True))
+        # Not TCP, so no segmentation offload applies: beyond the MTU it cannot be sent.
+        too_big = ipv4(US, PEER, b"z" * 1481)
         # The client's own firewall refuses this one: sendto fails with EPERM.
         net.client.nft("table inet refuse {\n chain output {\n type filter hook output priority 0;\n"
                        f" ip daddr {OTHER} drop\n }}\n}}\n")
         nowhere = tcp(OTHER, 8000, src=US, sport=40001)
         with peer_raw(net) as (_, tap):
-            link.send_batch([packets[0], b"\x60" + bytes(39), too_big, nowhere, *packets[1:]])
+            link.send_batch([handed[0], b"\x60" + bytes(39), too_big, nowhere, *handed[1:]])
             seen = [await trio.to_thread.run_sync(tap.recv, 65535) for _ in packets]
         assert seen == packets
         assert (link.stats.packets_sent, link.stats.bytes_sent) == (5, 5 * 1040)
         # Not IPv4, bigger than the MTU, refused by the kernel: dropped and counted, not raised.
         assert link.stats.packets_dropped == 3
         assert link.send_errors == {errno.EPERM: 1}
+
+
+@pytest.mark.parametrize("learned", [True, False])
+async def test_afpacket_sends_super_segments_that_arrive_cut_to_the_mtu(
+    net: Net, learned: bool
+) -> None:
+    """TCP goes out through the packet socket to the next hop the peer's packets came from,
+    and the kernel cuts a 64 KiB super-segment; before any packet from the peer (no next hop
+    known) the link cuts it itself and sends the pieces through the raw socket. Either way the
+    peer gets MTU-sized segments with complete checksums, in order, carrying the payload."""
+    payload = random.Random(11).randbytes(20_000)
+    big = tcp(PEER, 8000, payload, src=US, sport=40001, seq=5000, checksum=False)
+    async with open_pcap_link(net.client_dev, netns=net.client.name, ports=PORTS,
+                              firewall=False) as link:
+        assert isinstance(link, AfPacketLink) and link.gso and link.gso_max_size == 65535
+        with peer_raw(net) as (out, tap):
+            if learned:
+                # Teaches the link the next hop (an ICMP error: the client kernel stays silent).
+                out.sendto(icmp(IcmpType.DEST_UNREACHABLE, 4), (US, 0))
+                await _receive(link, 1)
+            link.send_batch([big])
+            seen = [await trio.to_thread.run_sync(tap.recv, 65535) for _ in range(14)]
+        assert all(len(p) <= 1500 and classify_checksums(p, partial_rule=False)
+                   is ChecksumVerdict.VALID for p in seen)
+        segs = [parse_packet(p) for p in seen]
+        assert b"".join(s.payload for s in segs if isinstance(s, TcpSegment)) == payload
+        assert [s.seq for s in segs if isinstance(s, TcpSegment)] == [
+            5000 + 1460 * i for i in range(14)]
+        if learned:
+            assert (link.tx_stats.gso_sent, link.tx_stats.software_segmented) == (1, 0)
+        else:
+            assert (link.tx_stats.packet_socket, link.tx_stats.software_segmented) == (0, 1)
+
+
+async def test_afpacket_without_gso_offers_none_and_drops_what_exceeds_the_mtu(net: Net) -> None:
+    async with open_pcap_link(net.client_dev, netns=net.client.name, ports=PORTS,
+                              firewall=False, gso=False) as link:
+        assert isinstance(link, AfPacketLink) and not link.gso and link.gso_max_size == 0
+        link.send_batch([tcp(PEER, 8000, b"z" * 1461, src=US, sport=40001)])
+        assert (link.stats.packets_dropped, link.stats.packets_sent) == (1, 0)
+
+
+def test_segment_tcp_cuts_like_linux() -> None:
+    flags = TcpFlags.ACK | TcpFlags.PSH | TcpFlags.FIN | TcpFlags.CWR
+    big = build_packet(TcpSegment(US, PEER, 40001, 8000, 0xFFFFF000, 9, flags=flags, window=77,
+                                  options=TcpOptions(timestamps=Timestamps(5, 6)),
+                                  payload=bytes(range(256)) * 20, ip_id=0xFFFE), checksum=False)
+    pieces = segment_tcp(big, 1500)
+    segs = [parse_packet(p) for p in pieces]  # checksums verified
+    assert [len(p) for p in pieces] == [1500] * 3 + [len(big) - 3 * 1448]
+    assert all(isinstance(s, TcpSegment) for s in segs)
+    tcp_segs = [s for s in segs if isinstance(s, TcpSegment)]
+    assert [s.seq for s in tcp_segs] == [(0xFFFFF000 + 1448 * i) & 0xFFFFFFFF for i in range(4)]
+    assert [s.ip_id for s in tcp_segs] == [0xFFFE, 0xFFFF, 0, 1]
+    assert [s.flags for s in tcp_segs] == [TcpFlags.ACK | TcpFlags.CWR] + [TcpFlags.ACK] * 2 + [
+        TcpFlags.ACK | TcpFlags.PSH | TcpFlags.FIN]
+    assert all(s.options.timestamps == Timestamps(5, 6) and s.window == 77 for s in tcp_segs)
+    assert b"".join(s.payload for s in tcp_segs) == bytes(range(256)) * 20
+    assert segment_tcp(big[:-1], 1500) == [] and segment_tcp(big, 52) == []
 
 
 @pytest.mark.parametrize("backend", ["pcap", "afpacket"])
@@ -245,7 +487,8 @@ async def test_pypcap_reading_a_file_named_like_the_interface_is_refused(
         writer.writepkt(tcp(US, 40001), ts=0)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LinkSetupError, match=f"opened the file ./{net.client_dev} instead"):
-        async with open_pcap_link(net.client_dev, netns=net.client.name, firewall=False):
+        async with open_pcap_link(net.client_dev, netns=net.client.name, firewall=False,
+                                  backend="pcap"):
             pass
 
 
@@ -256,6 +499,8 @@ async def test_opened_inside_entered_namespace_guards_that_namespace(net: Net) -
             # No interface, no address: the default route's and its primary address.
             link = await stack.enter_async_context(open_pcap_link(ports=PORTS, name="entered"))
         assert (link.interface, link.address) == (net.client_dev, net.client_addr)
+        # The default backend reads the kernel's checksum status: AF_PACKET.
+        assert DEFAULT_BACKEND == "afpacket" and isinstance(link, AfPacketLink)
         assert link.guard is not None and link.guard.installed
         assert link.guard.table in net.client.run("nft", "list", "tables")
         own = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
@@ -291,3 +536,94 @@ def test_without_capabilities_a_clear_error_and_nothing_installed(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"tcpstack.privileges.PrivilegeError: missing capability {missing}: ")
     assert "tcpstack_" not in net.client.run("nft", "list", "tables")
+
+
+# ---------------------------------------------------------------------------- receive coalescing
+
+
+def seg(seq: int, payload: bytes, *, flags: TcpFlags = TcpFlags.ACK, ack: int = 500,
+        window: int = 1000, tsval: int = 7, sport: int = 8000, ip_id: int = 0) -> bytes:
+    return build_packet(TcpSegment(PEER, US, sport, 40001, seq, ack, flags=flags, window=window,
+                                   options=TcpOptions(timestamps=Timestamps(tsval, 3)),
+                                   payload=payload, ip_id=ip_id))
+
+
+def test_gro_merges_a_run_into_one_valid_segment() -> None:
+    parts = [bytes([i]) * 1000 for i in range(5)]
+    run = [seg(1000 + 1000 * i, p, ip_id=i) for i, p in enumerate(parts)]
+    run[-1] = seg(5000, parts[-1], flags=TcpFlags.ACK | TcpFlags.PSH, ip_id=4)
+    (merged,), count = coalesce(run)
+    assert count == 4
+    parsed = parse_packet(merged, verify_checksum=False)
+    first = parse_packet(run[0])
+    assert isinstance(parsed, TcpSegment) and isinstance(first, TcpSegment)
+    assert parsed.payload == b"".join(parts) and len(merged) == 20 + 32 + 5000
+    assert parsed.flags == TcpFlags.ACK | TcpFlags.PSH  # the PSH of the run's last segment
+    assert attrs.evolve(parsed, payload=b"", flags=TcpFlags.ACK) == attrs.evolve(first, payload=b"")
+    # A sound IPv4 header, and the TCP checksum in the CHECKSUM_PARTIAL form the module states.
+    assert ipv4_header_ok(merged)
+    assert classify_checksums(merged, partial_rule=True) is ChecksumVerdict.PARTIAL
+
+
+def test_gro_keeps_apart_what_linux_keeps_apart() -> None:
+    p = b"x" * 100
+
+    def runs(packets: list[bytes]) -> list[int]:
+        """Sequence numbers of what comes out."""
+        out, _ = coalesce(packets)
+        return [int.from_bytes(packet[24:28], "big") for packet in out]
+
+    assert runs([seg(1, p), seg(101, p), seg(201, p)]) == [1]
+    assert runs([seg(1, p), seg(102, p)]) == [1, 102]  # a hole
+    assert runs([seg(1, p), seg(101, p, ack=501)]) == [1, 101]
+    assert runs([seg(1, p), seg(101, p, window=999)]) == [1, 101]
+    assert runs([seg(1, p), seg(101, p, tsval=8)]) == [1, 101]  # options differ
+    assert runs([seg(1, p, flags=TcpFlags.ACK | TcpFlags.PSH), seg(101, p)]) == [1, 101]
+    assert runs([seg(1, p), seg(101, p, flags=TcpFlags.ACK | TcpFlags.PSH), seg(201, p)]) == [1, 201]
+    assert runs([seg(1, p), seg(101, p, flags=TcpFlags.ACK | TcpFlags.FIN)]) == [1, 101]
+    assert runs([seg(1, p), seg(101, b""), seg(101, p)]) == [1, 101, 101]  # a pure ACK between
+    # Another connection in between neither merges nor breaks the run; per-connection order holds.
+    assert runs([seg(1, p), seg(1, p, sport=9000), seg(101, p), seg(101, p, sport=9000)]) == [1, 1]
+    # Nothing merges beyond the IPv4 total length limit.
+    big = b"y" * 30000
+    assert runs([seg(1, big), seg(30001, big), seg(60001, big)]) == [1, 60001]
+    # Nothing to merge: the very list comes back.
+    lone = [seg(1, p), icmp(IcmpType.DEST_UNREACHABLE, 4)]
+    assert coalesce(lone) == (lone, 0)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from([8000, 9000]), st.integers(0, 300),
+                          st.sampled_from(["data", "psh", "gap", "ack", "fin", "ts"])),
+                max_size=40))
+def test_gro_preserves_every_connections_byte_stream_and_control(
+    plan: list[tuple[int, int, str]]
+) -> None:
+    next_seq = {8000: 1, 9000: 1}
+    packets: list[bytes] = []
+    for n, (sport, size, kind) in enumerate(plan):
+        seq = next_seq[sport] + (7 if kind == "gap" else 0)
+        payload = bytes([n & 0xFF]) * (0 if kind == "ack" else max(size, 1))
+        flags = {"psh": TcpFlags.ACK | TcpFlags.PSH, "fin": TcpFlags.ACK | TcpFlags.FIN}.get(
+            kind, TcpFlags.ACK)
+        packets.append(seg(seq, payload, flags=flags, sport=sport, tsval=8 if kind == "ts" else 7))
+        next_seq[sport] = seq + len(payload) + (1 if kind == "fin" else 0)
+    out, merged = coalesce(packets)
+    assert len(out) == len(packets) - merged
+    for sport in (8000, 9000):
+        def stream(items: list[bytes], sport: int = sport
+                   ) -> tuple[list[tuple[int, int]], list[int], int, list[int]]:
+            """Every payload octet at its sequence number, FINs, PSH count, control order."""
+            segs = [parse_packet(x, verify_checksum=False) for x in items]
+            mine = [s for s in segs if isinstance(s, TcpSegment) and s.sport == sport]
+            octets = [(s.seq + i, b) for s in mine for i, b in enumerate(s.payload)]
+            fins = [s.seq for s in mine if s.flags & TcpFlags.FIN]
+            pushes = sum(1 for s in mine if s.flags & TcpFlags.PSH)
+            # Where the pure ACKs and FINs sit relative to the data: by the octets before them.
+            order = [sum(len(m.payload) for m in mine[:k]) for k, s in enumerate(mine)
+                     if not s.payload or s.flags & TcpFlags.FIN]
+            return octets, fins, pushes, order
+        assert stream(out) == stream(packets)
+    for packet in out:
+        assert ipv4_header_ok(packet)
+        assert classify_checksums(packet, partial_rule=True) is not ChecksumVerdict.BAD
