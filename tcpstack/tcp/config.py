@@ -516,18 +516,30 @@ class ConnectionOptions:
 # run time (conformance sysctls, tests). Bounded: cleared when full.
 _RESOLVED: dict[ConnectionOptions, ResolvedOptions] = {}
 _RESOLVED_MAX = 256
+# The options object resolved last and its result (an identity check, see resolve_options).
+_LAST_RESOLVED: tuple[ConnectionOptions, ResolvedOptions] | None = None
 
 
 def resolve_options(options: ConnectionOptions) -> ResolvedOptions:
     """``options.resolve()``, cached per options value (and current profile object)."""
+    # Most connections reuse the very same options object (the stack's or the listener's):
+    # an identity check first spares hashing all of its fields on every connect.
+    last = _LAST_RESOLVED
+    if last is not None and last[0] is options and PROFILES.get(options.profile) is last[1].profile_obj:
+        return last[1]
     resolved = _RESOLVED.get(options)
-    if resolved is not None and PROFILES.get(options.profile) is resolved.profile_obj:
-        return resolved
-    resolved = options.resolve()
-    if len(_RESOLVED) >= _RESOLVED_MAX:
-        _RESOLVED.clear()
-    _RESOLVED[options] = resolved
+    if resolved is None or PROFILES.get(options.profile) is not resolved.profile_obj:
+        resolved = options.resolve()
+        if len(_RESOLVED) >= _RESOLVED_MAX:
+            _RESOLVED.clear()
+        _RESOLVED[options] = resolved
+    _remember(options, resolved)
     return resolved
+
+
+def _remember(options: ConnectionOptions, resolved: ResolvedOptions) -> None:
+    global _LAST_RESOLVED
+    _LAST_RESOLVED = (options, resolved)
 
 
 @attrs.frozen(slots=True, kw_only=True)

@@ -240,7 +240,10 @@ class Connection(HandshakeMixin):
         """Everything that may be sent now."""
         self._advance(now)
         out = self.outq
-        self.outq = []
+        if out is None:
+            out = []
+        else:
+            self.outq = None
         if self.rst_pending is not None:
             out.append(self._build_active_rst(now, self.rst_pending))
             self.rst_pending = None
@@ -267,7 +270,7 @@ class Connection(HandshakeMixin):
         if self.ack_now and self.state.synchronized:
             # The previous segment asked for an immediate ACK that nothing has carried yet:
             # send it now, so each segment that needs one gets its own (dup ACKs count).
-            self.outq.append(self._emit(self.snd_nxt, _ACK, now))
+            self._queue_out(self._emit(self.snd_nxt, _ACK, now))
         # A segment longer than our MSS is packets coalesced by the link (GRO): Linux counts
         # its gso_segs.
         n = len(seg.payload)
@@ -611,7 +614,7 @@ class Connection(HandshakeMixin):
             return
         self.challenge_count += 1
         self.invalid_stamp = now
-        self.outq.append(self._emit(self.snd_nxt, _ACK, now))
+        self._queue_out(self._emit(self.snd_nxt, _ACK, now))
         self._event(ChallengeAckSent(now, self.conn_id, reason))
 
     # -- ICMP ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from tcpstack.tcp.buffers import SendBuffer
 from tcpstack.tcp.config import ConnectionOptions, ResolvedOptions, resolve_options
 from tcpstack.tcp.congestion import CongestionControl, create_congestion_control
 from tcpstack.tcp.events import Event, ResetSent, StateChanged
+from tcpstack.tcp.fastinit import fast_constructor
 from tcpstack.tcp.rate import RateSampler
 from tcpstack.tcp.receiver import Receiver, window_scale_for
 from tcpstack.tcp.rtt import RttEstimator
@@ -44,6 +45,7 @@ _SYN = TcpFlags.SYN
 # Plain-int flag bits for tests on the hot path, and every flag combination interned once.
 _F_FIN, _F_SYN, _F_RST, _F_PSH, _F_ACK, _F_ECE, _F_CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x40, 0x80
 _FLAG_VALUES: tuple[TcpFlags, ...] = tuple(TcpFlags(i) for i in range(256))
+_new_state_changed = fast_constructor(StateChanged)  # several per connection's life
 
 
 class ConnectionCore:
@@ -232,7 +234,8 @@ class ConnectionCore:
         self.peer_zero_window = False
 
         # Output queued by input processing (challenge ACKs, RSTs, dup ACKs), and ACK state.
-        self.outq: list[TcpSegment] = []
+        # None while empty (most of the time): no list per idle or TIME-WAIT connection.
+        self.outq: list[TcpSegment] | None = None
         self.ack_now = False
         self.rst_pending: str | None = None  # reason of a RST|ACK to send at the next poll
         self.syn_pending = False  # our SYN / SYN-ACK must be (re)sent
@@ -306,12 +309,19 @@ class ConnectionCore:
             self.events_dropped += 1
         events.append(event)
 
+    def _queue_out(self, seg: TcpSegment) -> None:
+        """Queue a segment made by input processing for the next poll_transmit."""
+        if self.outq is None:
+            self.outq = [seg]
+        else:
+            self.outq.append(seg)
+
     def _set_state(self, new: TcpState, now: float) -> None:
         old = self.state
         if old is new:
             return
         self.state = new
-        self._event(StateChanged(now, self.conn_id, old, new))
+        self._event(_new_state_changed(now, self.conn_id, old, new))
 
     def _on_state_closed(self, now: float) -> None:
         """Hook for the connection: stop everything once CLOSED."""
@@ -447,7 +457,7 @@ class ConnectionCore:
             b"", 64, 0, 0, True,
         )
         self.segs_out += 1
-        self.outq.append(seg)
+        self._queue_out(seg)
         self._event(ResetSent(now, self.conn_id, reason))
 
     # -- chronographs (Linux tcp_chrono_*) -----------------------------------------------

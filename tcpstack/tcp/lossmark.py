@@ -10,7 +10,7 @@ NextSeg finds it), and ``_lost_high`` covers every lost mark (so NextSeg looks t
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class LossMarking:
     _head: int
     _snd_nxt: int | None
     _highest_sacked: int | None
-    _sack_cache: list[tuple[int, int]]
+    _sack_cache: Sequence[tuple[int, int]]
     _lost_high: int
     _retx_hint: int
     _rack_low: int
@@ -219,7 +219,7 @@ class LossMarking:
             self._account(r, 1)
         if clear_sacked:
             self._highest_sacked = None
-            self._sack_cache = []
+            self._sack_cache = ()
         if self._snd_nxt is not None:
             self._lost_high = self._snd_nxt
         una = self.snd_una

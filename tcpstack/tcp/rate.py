@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from tcpstack.tcp.fastinit import fast_constructor
+
 if TYPE_CHECKING:
     from tcpstack.tcp.scoreboard import SentSegment
 
@@ -53,6 +55,9 @@ class RateSample:
     @property
     def valid(self) -> bool:
         return self.interval is not None
+
+
+_new_rate_sample = fast_constructor(RateSample)  # one per ACK: no attrs setattr per field
 
 
 class RateSampler:
@@ -202,7 +207,7 @@ class RateSampler:
         self._reset_pending()
 
         if prior is None or is_sack_reneg:
-            rs = RateSample(0, None, 0.0, 0, None, None, acked_sacked, losses, is_app_limited,
+            rs = _new_rate_sample(0, None, 0.0, 0, None, None, acked_sacked, losses, is_app_limited,
                             is_retrans, rtt)
             self.last_sample = rs
             return rs
@@ -210,12 +215,12 @@ class RateSampler:
         ack_interval = now - prior_time
         interval = max(send_interval, ack_interval)
         if interval <= 0.0 or (min_rtt is not None and interval < min_rtt):
-            rs = RateSample(0, None, 0.0, prior, send_interval, ack_interval, acked_sacked,
+            rs = _new_rate_sample(0, None, 0.0, prior, send_interval, ack_interval, acked_sacked,
                             losses, is_app_limited, is_retrans, rtt)
             self.last_sample = rs
             return rs
         rate = delivered / interval
-        rs = RateSample(delivered, interval, rate, prior, send_interval, ack_interval,
+        rs = _new_rate_sample(delivered, interval, rate, prior, send_interval, ack_interval,
                         acked_sacked, losses, is_app_limited, is_retrans, rtt)
         # Keep the sample unless it is app-limited and lower than the one retained: an
         # app-limited sample only says the path can do *at least* this much.

@@ -99,6 +99,25 @@ class WindowedMin:
         return s[0][1]
 
 
+# Argument tuples already validated: every connection of a stack passes the same ones, and the
+# checks cost more than the rest of the constructor (bounded: cleared when full).
+_VALIDATED: set[tuple[str, float, float, float, float]] = set()
+
+
+def _validate(initial_rto: float, min_rto: float, max_rto: float, slop: float) -> None:
+    for name, value in (
+        ("initial_rto", initial_rto),
+        ("min_rto", min_rto),
+        ("max_rto", max_rto),
+    ):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if min_rto > max_rto:
+        raise ValueError(f"min_rto {min_rto} exceeds max_rto {max_rto}")
+    if not (math.isfinite(slop) and slop >= 0):
+        raise ValueError(f"slop must be a finite number of seconds >= 0, got {slop!r}")
+
+
 class RttEstimator:
     """RFC 6298 SRTT/RTTVAR and RTO with exponential backoff; see the module for profiles."""
 
@@ -117,17 +136,12 @@ class RttEstimator:
                 f"unknown RTO profile {profile!r}; available: {', '.join(sorted(PROFILE_MIN_RTO))}"
             )
         min_rto = PROFILE_MIN_RTO[profile] if min_rto is None else min_rto
-        for name, value in (
-            ("initial_rto", initial_rto),
-            ("min_rto", min_rto),
-            ("max_rto", max_rto),
-        ):
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        if min_rto > max_rto:
-            raise ValueError(f"min_rto {min_rto} exceeds max_rto {max_rto}")
-        if not (math.isfinite(slop) and slop >= 0):
-            raise ValueError(f"slop must be a finite number of seconds >= 0, got {slop!r}")
+        key = (profile, initial_rto, min_rto, max_rto, slop)
+        if key not in _VALIDATED:
+            _validate(initial_rto, min_rto, max_rto, slop)
+            if len(_VALIDATED) >= 256:
+                _VALIDATED.clear()
+            _VALIDATED.add(key)
         self.slop = slop
         self.profile = profile
         self.initial_rto = initial_rto

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from tcpstack.tcp.fastinit import fast_constructor
 from tcpstack.tcp.lossmark import LossMarking, _start
 
 if TYPE_CHECKING:
@@ -104,6 +105,9 @@ class AckResult:
         return self.reordering > 0
 
 
+_new_ack_result = fast_constructor(AckResult)
+
+
 def _subtract(lo: int, hi: int, cache: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """``[lo, hi)`` minus the union of the ``cache`` ranges, as sorted disjoint ranges."""
     parts = [(lo, hi)]
@@ -134,7 +138,8 @@ class Scoreboard(LossMarking):
         self._head = 0
         self._snd_nxt: int | None = None
         self._highest_sacked: int | None = None  # end of the highest SACKed record
-        self._sack_cache: list[tuple[int, int]] = []
+        # A tuple when empty: nothing for the garbage collector to track on every connection.
+        self._sack_cache: Sequence[tuple[int, int]] = ()
         # Every unSACKed byte below _lost_high is marked lost (IsLost is monotone in seq).
         self._lost_high = 0
         # No lost record below _retx_hint is waiting for retransmission.
@@ -416,7 +421,13 @@ class Scoreboard(LossMarking):
                             reord_low = r.start if reord_low is None else min(reord_low, r.start)
                 newly_acked.append(r)
             self._head = head
-            if head > 64 and head * 2 > len(recs):
+            if head == nrecs:
+                # Everything is acknowledged: let the records go now rather than at the next
+                # compaction, so an idle or TIME-WAIT connection holds none (memory, and
+                # objects the garbage collector would keep scanning).
+                recs.clear()
+                self._head = 0
+            elif head > 64 and head * 2 > nrecs:
                 del recs[:head]
                 self._head = 0
             if self._highest_sacked is not None and self._highest_sacked <= snd_una:
@@ -457,7 +468,7 @@ class Scoreboard(LossMarking):
                             reord_low = r.start if reord_low is None else min(reord_low, r.start)
                     if self._highest_sacked is None or r.end > self._highest_sacked:
                         self._highest_sacked = r.end
-        self._sack_cache = valid
+        self._sack_cache = valid or ()
         delivered_bytes += sacked_bytes
 
         if rate is not None:
@@ -469,17 +480,11 @@ class Scoreboard(LossMarking):
         reordering = 0
         if reord_low is not None and prior_high is not None:
             reordering = prior_high - reord_low
-        return AckResult(
-            acked_bytes=acked_bytes,
-            sacked_bytes=sacked_bytes,
-            delivered_bytes=delivered_bytes,
-            newly_acked=newly_acked,
-            newly_sacked=newly_sacked,
-            rtt_sample=None if rtt_from is None else now - rtt_from,
-            dsack=dsack_range is not None,
-            dsack_range=dsack_range,
-            highest_sacked=self._highest_sacked,
-            reordering=reordering,
+        # Fields in AckResult's order; the fast constructor skips attrs' per-field setattr.
+        return _new_ack_result(
+            acked_bytes, sacked_bytes, delivered_bytes, newly_acked, newly_sacked,
+            None if rtt_from is None else now - rtt_from, dsack_range is not None, dsack_range,
+            self._highest_sacked, reordering,
         )
 
     # -- sending decisions (RFC 6675 section 4) --------------------------------------------

@@ -102,7 +102,6 @@ class SenderMixin(ConnectionCore):
             return
         sb = self.sb
         cc = self.cc
-        mss = self._current_mss()
         if self.idle_check:
             # RFC 5681 4.1: restart from the initial window after an idle period. Linux
             # judges it when the application queues data with nothing in flight
@@ -117,9 +116,22 @@ class SenderMixin(ConnectionCore):
             ):
                 cc.on_idle_restart(now - self.last_data_sent, self.rtt.rto, now)
         in_flight = self._in_flight()
+        ca_state = self.ca_state
+        if (
+            ca_state < CaState.RECOVERY
+            and not self.tlp_pending
+            and self.sndbuf.end <= self.snd_nxt
+            and (not self.shut_wr or self.fin_seq is not None)
+        ):
+            # Nothing to retransmit, no new data or FIN, no probe due (every ACK and most polls
+            # of a handshake or an idle connection): only the bookkeeping at the end of the loop
+            # applies, with nothing blocked and nothing sent.
+            self._transmit_done(now, in_flight, cwnd_blocked=False, rwnd_blocked=False)
+            return
+        mss = self._current_mss()
 
         # 1. Retransmissions: lost segments (SACK recovery, RTO recovery) or the NewReno head.
-        if self.ca_state in (CaState.RECOVERY, CaState.LOSS):
+        if ca_state >= CaState.RECOVERY:
             in_flight = self._retransmit_lost(now, out, in_flight)
 
         # 2. New data and FIN. A tail loss probe may send one new segment whatever cwnd and
@@ -269,7 +281,14 @@ class SenderMixin(ConnectionCore):
             and not self.profile.rack_tlp
         ):
             in_flight = self._retransmit_lost(now, out, in_flight, rule3=True)
+        self._transmit_done(now, in_flight, cwnd_blocked=cwnd_blocked, rwnd_blocked=rwnd_blocked)
 
+    def _transmit_done(
+        self, now: float, in_flight: int, *, cwnd_blocked: bool, rwnd_blocked: bool
+    ) -> None:
+        """The end of every transmit attempt: cwnd validation, app-limited marking, the
+        chronographs and the persist timer."""
+        sb = self.sb
         # Linux tcp_cwnd_validate: per window of data, remember the largest flight and whether
         # cwnd limited sending (RFC 7661); cwnd may only grow when it did.
         if self.snd_una >= self.cwnd_usage_seq or cwnd_blocked or in_flight > self.max_flight:
@@ -396,7 +415,7 @@ class SenderMixin(ConnectionCore):
     def _send_probe(self, now: float) -> None:
         """Zero-window / keep-alive probe: an ACK with an old sequence number, which forces the
         peer to answer with its current window (Linux tcp_xmit_probe_skb, RFC 1122 4.2.3.6)."""
-        self.outq.append(self._emit(self.snd_una - 1, _ACK, now, options=self._options(now, sack=False)))
+        self._queue_out(self._emit(self.snd_una - 1, _ACK, now, options=self._options(now, sack=False)))
 
     # -- the shared transmission-timer slot ----------------------------------------------
 
