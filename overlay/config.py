@@ -219,6 +219,11 @@ class MetricSettings:
     idle_after: float = attrs.field(default=1.0, converter=_to_float, validator=_number(gt=0))
     #: data segments covered by the loss sliding window.
     loss_window: int = attrs.field(default=200, validator=_integer(1, 1 << 24))
+    #: s a loss sample stays in the window at most: after an episode, a link that goes quiet
+    #: (probes only) forgets it in this time instead of over ``loss_window`` probe segments.
+    loss_horizon: float = attrs.field(
+        default=10.0, converter=_to_float, validator=_number(gt=0)
+    )
     #: EWMA weight of a new loss sample.
     loss_alpha: float = attrs.field(
         default=0.25, converter=_to_float, validator=_number(gt=0, le=1)
@@ -253,11 +258,19 @@ class RoutingSettings:
     alternates: int = attrs.field(default=2, validator=_integer(0, 64))
     #: minimum s between originated LSAs (rate limit).
     lsa_interval: float = attrs.field(default=1.0, converter=_to_float, validator=_number(gt=0))
-    #: an unchanged LSA is re-originated this often (s).
-    lsa_refresh: float = attrs.field(default=30.0, converter=_to_float, validator=_number(gt=0))
-    #: LSAs not refreshed for this long (s) are purged.
-    lsa_max_age: float = attrs.field(default=120.0, converter=_to_float, validator=_number(gt=0))
-    #: re-originate early only when a link metric moved by more than this fraction (or up/down).
+    #: an unchanged LSA is re-originated this often (s). The refresh is what an idle overlay's
+    #: control traffic is made of besides probes: every node forwards every origin's LSA to
+    #: about (degree - 1) neighbours per refresh, so per node about
+    #: ``nodes * (degree - 1) * LSA bytes / lsa_refresh``; with 50 nodes of degree ~4.5 that is
+    #: about 0.6 kB/s at 60 s, against the 2 kB/s bar (tests/overlay/test_scale.py measures
+    #: it). Nothing depends on a short refresh: flooding runs over TCP and a link that comes up
+    #: is synchronised with the whole database, so refresh only ages out vanished origins.
+    lsa_refresh: float = attrs.field(default=60.0, converter=_to_float, validator=_number(gt=0))
+    #: LSAs not refreshed for this long (s) are purged (four refreshes: a few late or lost
+    #: refreshes never purge a live origin).
+    lsa_max_age: float = attrs.field(default=240.0, converter=_to_float, validator=_number(gt=0))
+    #: re-originate early only when a link metric moved significantly (or up/down); see
+    #: "Significant change" in :mod:`overlay.linkstate` (relative, with absolute floors).
     change_threshold: float = attrs.field(
         default=0.10, converter=_to_float, validator=_number(ge=0)
     )

@@ -19,11 +19,20 @@ overlay's messages are simpler:
   ``lsa_max_age`` so a neighbour still holding the old copy cannot resurrect it: only a
   strictly newer sequence number is accepted.
 * Origination is rate-limited: at most one LSA per ``lsa_interval`` for good news (a link came
-  up, or a metric moved by more than ``change_threshold`` relative to what we last advertised);
+  up, or a metric moved significantly from what we last advertised, see below);
   bad news (a link we advertised up is now down or gone) is originated at once, because failover
   elsewhere waits on it. That is still bounded: a link can only go down again after an "up" was
   advertised, and "up" is rate-limited, so a flapping link costs at most two LSAs per
   ``lsa_interval``.
+* Significant change: a metric of a link advertised up moved from ``old`` (last advertised) to
+  ``new`` when ``|new - old| > max(change_threshold * |old|, floor)``, with absolute floors
+  ``LATENCY_FLOOR`` = 2 ms, ``LOSS_FLOOR`` = 0.005 and ``THROUGHPUT_FLOOR`` = 10 kB/s. The
+  relative part keeps the test scale-free; the floor is there because below it a relative move
+  is measurement noise that routing cannot use (a 5 ms link's RTT moving by 0.6 ms, a loss
+  estimate moving between 0.1 % and 0.2 %) and re-flooding it network-wide would cost every
+  node control traffic for nothing. Everything else waits for the ``lsa_refresh``.
+* LSAs carry finite numbers only (:func:`validate_lsa`); a link that cannot be measured yet is
+  advertised down (:meth:`overlay.metrics.LinkEstimator.advert`).
 * Bounded: at most ``max_lsas`` origins (an LSA from a new origin beyond that is rejected and
   counted) and at most ``max_links`` adverts per LSA.
 
@@ -53,6 +62,7 @@ __all__ = [
     "LsdbStats",
     "Received",
     "Rejection",
+    "significant_change",
     "validate_lsa",
 ]
 
@@ -61,10 +71,10 @@ DEFAULT_MAX_LINKS = 256
 MAX_NODE_ID = 64  # characters; node ids are short strings
 MAX_SEQ = (1 << 64) - 1  # the wire field is a u64
 
-# "Moved by more than change_threshold" is relative to the advertised value, but below these
-# floors relative change is noise (a 0.2 ms srtt moving to 0.3 ms is +50% and irrelevant).
-LATENCY_FLOOR = 0.001  # s
-LOSS_FLOOR = 0.01  # fraction
+# A metric moved significantly only if by more than max(change_threshold * old, floor): below
+# these absolute floors a move is noise (see "Significant change" in the module docstring).
+LATENCY_FLOOR = 0.002  # s
+LOSS_FLOOR = 0.005  # fraction
 THROUGHPUT_FLOOR = 10_000.0  # bytes/s
 
 
@@ -139,7 +149,8 @@ def validate_lsa(lsa: Lsa, max_links: int = DEFAULT_MAX_LINKS) -> Rejection | No
 
 
 def _moved(old: float, new: float, threshold: float, floor: float) -> bool:
-    return abs(new - old) > threshold * max(abs(old), floor)
+    """``new`` differs from ``old`` by more than ``threshold`` of it and by more than ``floor``."""
+    return abs(new - old) > max(threshold * abs(old), floor)
 
 
 class LinkStateDatabase:
@@ -384,21 +395,24 @@ def _bad_news(old: Sequence[LinkAdvert], new: Sequence[LinkAdvert]) -> bool:
     return any(adv.up and adv.neighbour not in now_up for adv in old)
 
 
+def significant_change(old: LinkAdvert | None, new: LinkAdvert, threshold: float) -> bool:
+    """Whether ``new`` is worth an LSA before the refresh, ``old`` being what our LSA says about
+    the same link (None: not in it): the link appeared, went up or down, or, while up, one of
+    its metrics moved significantly (see "Significant change" in the module docstring)."""
+    if old is None or old.up != new.up:
+        return True
+    if not new.up:
+        return False  # a down link's numbers route nothing
+    return (
+        _moved(old.latency, new.latency, threshold, LATENCY_FLOOR)
+        or _moved(old.loss, new.loss, threshold, LOSS_FLOOR)
+        or _moved(old.throughput, new.throughput, threshold, THROUGHPUT_FLOOR)
+    )
+
+
 def _good_news(old: Sequence[LinkAdvert], new: Sequence[LinkAdvert], threshold: float) -> bool:
     """Anything else worth an early LSA: a link came up or appeared, or a metric moved."""
     before = {adv.neighbour: adv for adv in old}
     if {adv.neighbour for adv in new} != set(before):
         return True
-    for adv in new:
-        prev = before[adv.neighbour]
-        if adv.up != prev.up:
-            return True
-        if not adv.up:
-            continue  # a down link's numbers route nothing
-        if (
-            _moved(prev.latency, adv.latency, threshold, LATENCY_FLOOR)
-            or _moved(prev.loss, adv.loss, threshold, LOSS_FLOOR)
-            or _moved(prev.throughput, adv.throughput, threshold, THROUGHPUT_FLOOR)
-        ):
-            return True
-    return False
+    return any(significant_change(before[adv.neighbour], adv, threshold) for adv in new)

@@ -28,7 +28,7 @@ value round-trips exactly)::
     Data        str src, str dst, u64 flow, u64 msg_id, u8 flags (bit 0 reliable), u8 hop,
                 u8 path_len, path_len * str, payload (the rest of the body)
     DataAck     str src, str dst, u64 msg_id, u8 hop, u8 path_len, path_len * str
-    Probe       u64 nonce, f64 sent
+    Probe       u64 nonce, f64 sent, f64 rtt (s; the sender's last probe RTT, 0 if none)
     ProbeReply  u64 nonce, f64 sent
 
 Reading (:class:`FrameReader`): a frame whose version is not ours is dropped as BAD_VERSION, a
@@ -53,6 +53,8 @@ import time
 from collections.abc import Callable
 
 import attrs
+
+from overlay.droplog import DropReason, DropStats, RateLimitedLog
 
 __all__ = [
     "VERSION",
@@ -79,7 +81,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: Probe carries the sender's last probe RTT
 MAC_SIZE = 32
 #: Longest source route a Data or DataAck frame can carry (one length byte).
 MAX_PATH = 255
@@ -94,7 +96,8 @@ _LSA_MID = struct.Struct(">QH")
 _ADVERT_TAIL = struct.Struct(">dddB")
 _DATA_MID = struct.Struct(">QQBBB")  # flow, msg_id, flags, hop, path_len
 _ACK_MID = struct.Struct(">QBB")  # msg_id, hop, path_len
-_PROBE = struct.Struct(">Qd")
+_PROBE = struct.Struct(">Qdd")  # nonce, sent, rtt
+_PROBE_REPLY = struct.Struct(">Qd")  # nonce, sent
 _U64_MAX = (1 << 64) - 1
 _MIN_FRAME = _HEAD.size + 1 + _U64.size + MAC_SIZE  # one-byte sender, empty body
 
@@ -106,15 +109,6 @@ class MsgType(enum.IntEnum):
     DATA_ACK = 4
     PROBE = 5
     PROBE_REPLY = 6
-
-
-class DropReason(enum.Enum):
-    MALFORMED = "malformed"  # header or body does not parse (after a good MAC, or too short)
-    BAD_VERSION = "bad_version"
-    OVERSIZE = "oversize"  # length prefix above max_frame: the reader is poisoned
-    BAD_MAC = "bad_mac"
-    REPLAY = "replay"  # counter not above the last accepted from that sender
-    TOO_MANY_SENDERS = "too_many_senders"  # the replay table is full (resource bound)
 
 
 class FrameError(ValueError):
@@ -187,10 +181,16 @@ class DataAck:
 
 @attrs.frozen(slots=True)
 class Probe:
-    """Liveness and RTT probe for an idle link; ``sent`` is the sender's clock (s)."""
+    """Liveness and RTT probe for an idle link; ``sent`` is the sender's clock (s).
+
+    ``rtt`` is the RTT the sender measured with its previous probe (0.0: none yet). A link's
+    round trip is the same seen from either end, so one end probing serves both: the other end
+    takes the reported RTT in as its own sample (see :mod:`overlay.peerlink`).
+    """
 
     nonce: int
     sent: float
+    rtt: float = 0.0
 
 
 @attrs.frozen(slots=True)
@@ -275,8 +275,12 @@ def _encode_body(msg: Message) -> tuple[int, bytes]:
     if type(msg) is Probe or type(msg) is ProbeReply:
         if not isinstance(msg.sent, int | float) or not math.isfinite(msg.sent):
             raise ValueError(f"{type(msg).__name__}.sent must be a finite time, got {msg.sent!r}")
-        kind = MsgType.PROBE if type(msg) is Probe else MsgType.PROBE_REPLY
-        return kind, _PROBE.pack(msg.nonce, msg.sent)
+        if not isinstance(msg, Probe):
+            return MsgType.PROBE_REPLY, _PROBE_REPLY.pack(msg.nonce, msg.sent)
+        rtt = msg.rtt
+        if not isinstance(rtt, int | float) or not (math.isfinite(rtt) and rtt >= 0):
+            raise ValueError(f"Probe.rtt must be a finite number >= 0, got {rtt!r}")
+        return MsgType.PROBE, _PROBE.pack(msg.nonce, msg.sent, rtt)
     if type(msg) is Lsa:
         if len(msg.links) > 0xFFFF:
             raise ValueError(f"an Lsa carries at most 65535 links, got {len(msg.links)}")
@@ -333,12 +337,18 @@ def _decode_body(kind: int, body: bytes) -> Message:
             raise _Malformed("bad DataAck path")
         path, pos = _strings(body, pos + _ACK_MID.size, count)
         msg = DataAck(src, dst, msg_id, tuple(path), hop)
-    elif kind == _PROBE_KIND or kind == _PROBE_REPLY_KIND:
-        nonce, sent = _PROBE.unpack_from(body)
+    elif kind == _PROBE_KIND:
+        nonce, sent, rtt = _PROBE.unpack_from(body)
         pos = _PROBE.size
+        if not (math.isfinite(sent) and math.isfinite(rtt) and rtt >= 0):
+            raise _Malformed("probe time or RTT is not a finite time")
+        msg = Probe(nonce, sent, rtt)
+    elif kind == _PROBE_REPLY_KIND:
+        nonce, sent = _PROBE_REPLY.unpack_from(body)
+        pos = _PROBE_REPLY.size
         if not math.isfinite(sent):
             raise _Malformed("probe time is not finite")
-        msg = (Probe if kind == _PROBE_KIND else ProbeReply)(nonce, sent)
+        msg = ProbeReply(nonce, sent)
     elif kind == _LSA:
         (origin,), pos = _strings(body, 0, 1)
         seq, count = _LSA_MID.unpack_from(body, pos)
@@ -504,27 +514,6 @@ def decode_frame(
         ) from None
 
 
-@attrs.define(slots=True)
-class DropStats:
-    """Frames dropped by one reader, per reason; plus frames and bytes accepted."""
-
-    by_reason: dict[DropReason, int] = attrs.Factory(lambda: dict.fromkeys(DropReason, 0))
-    accepted: int = 0
-    accepted_bytes: int = 0
-    discarded_bytes: int = 0  # bytes thrown away after the reader was poisoned
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_reason.values())
-
-    def __getitem__(self, reason: DropReason) -> int:
-        return self.by_reason[reason]
-
-    def as_dict(self) -> dict[str, int]:
-        """``{reason name: count}`` for reasons that occurred (NodeStats.drops keys)."""
-        return {r.name: n for r, n in self.by_reason.items() if n}
-
-
 class FrameReader:
     """Splits a byte stream into frames and returns the authentic, fresh, well-formed ones.
 
@@ -607,49 +596,3 @@ class FrameReader:
                 self.on_drop(exc)
             except Exception:  # feed() must not raise, whatever the hook does
                 _log.exception("FrameReader.on_drop hook failed")
-
-
-class RateLimitedLog:
-    """Log at most one line per ``interval`` seconds per peer; lines suppressed in between are
-    counted and reported with the next line that gets through. Pure: the caller passes ``now``.
-    At most ``max_peers`` peers are remembered (the oldest is forgotten first)."""
-
-    __slots__ = ("logger", "interval", "level", "max_peers", "_last", "_suppressed")
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        *,
-        interval: float = 1.0,
-        level: int = logging.WARNING,
-        max_peers: int = 1024,
-    ) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.level = level
-        self.max_peers = max_peers
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def log(self, peer: str, now: float, msg: str, *args: object) -> bool:
-        """Emit ``msg % args`` for ``peer`` unless one was emitted less than ``interval`` ago;
-        return whether it was emitted."""
-        last = self._last.get(peer)
-        if last is not None and now - last < self.interval:
-            self._suppressed[peer] = self._suppressed.get(peer, 0) + 1
-            return False
-        suppressed = self._suppressed.pop(peer, 0)
-        if suppressed:
-            msg += " (%d more suppressed)"
-            args = (*args, suppressed)
-        self.logger.log(self.level, "%s: " + msg, peer, *args)
-        self._last.pop(peer, None)
-        self._last[peer] = now  # dicts keep insertion order: oldest first
-        while len(self._last) > self.max_peers:
-            oldest = next(iter(self._last))
-            del self._last[oldest]
-            self._suppressed.pop(oldest, None)
-        return True
-
-    def suppressed(self, peer: str) -> int:
-        return self._suppressed.get(peer, 0)

@@ -9,21 +9,45 @@ TCPInfo is in Linux units; below, ``rtt``, ``min_rtt`` and ``rto`` are converted
 ``last_*_recv`` from ms to s; ``snd_mss`` and ``snd_wnd`` are bytes, ``delivery_rate`` B/s.
 
 Latency (s)
-    ``latency = srtt``: the TCP smoothed RTT (``tcpi_rtt``, RFC 6298) when it is at least as
-    fresh as the probe RTT, else the probe RTT smoothed the same way,
-    ``srtt_probe <- 7/8 srtt_probe + 1/8 r`` (first sample: ``srtt_probe = r``).
-    The TCP RTT counts as refreshed by a sample in which ``bytes_acked`` advanced (the ACK that
-    moved it gave the engine an RTT sample). ``min_rtt = min(tcpi_min_rtt, min probe r)``.
+    Two estimators of the link's RTT, and a rule for which one a link advertises:
+
+    * ``srtt_tcp``: TCP's smoothed RTT (``tcpi_rtt``, RFC 6298).
+    * ``srtt_probe``: overlay probe RTTs ``r`` (a Probe out, its ProbeReply back, answered at
+      once by the peer), smoothed the same way, ``srtt_probe <- 7/8 srtt_probe + 1/8 r``
+      (first sample: ``srtt_probe = r``).
+
+    Rule: a link is *busy* while it carried application traffic (Data or DataAck, either way,
+    reported with :meth:`LinkEstimator.on_app`) within the last ``idle_after`` s; otherwise it
+    is *idle*. ::
+
+        latency = srtt_tcp      if busy and srtt_tcp is known
+                  srtt_probe    else, if a probe RTT is known
+                  srtt_tcp      else, if known
+                  inf           otherwise
+
+    Why not TCP's srtt on an idle link: there the only segments are the probes, one at a time,
+    and the peer acknowledges a lone segment with a delayed ACK (RFC 1122 4.2.3.2, RFC 9293
+    3.8.6.3) unless a reply carries the ACK first. TCP's RTT samples then include a delay that
+    depends on the two ends' timer phases, not on the path: an idle 20 ms link swings between
+    about 0.02 and 0.05 s, and every swing would be flooded in an LSA. A probe RTT is timed by
+    the overlay from Probe to ProbeReply, which the peer sends as soon as it reads the Probe, so
+    it contains no ACK delay. On a busy link the data keeps ACKs flowing (every second segment
+    is acknowledged at once) and TCP's srtt is the latency the data actually sees, queueing
+    included; probes are not sent there.
+    ``min_rtt = min(tcpi_min_rtt, min probe r)`` (a lower bound either way; ``inf`` unknown).
     Unknown: ``inf``.
 
 Loss (fraction)
     Each TCPInfo sample ``i`` contributes, over the previous sample of the same connection,
     ``retrans_i = max(0, d total_retrans - d dsack_dups)`` (retransmissions the receiver reported
     as duplicates with DSACK, RFC 2883, were spurious, not losses) and
-    ``sent_i = d data_segs_out + d total_retrans`` (tcpstack counts first transmissions in
-    ``data_segs_out`` and retransmissions in ``total_retrans``; see DATA_SEGS_OUT_INCLUDES_RETRANS).
+    ``sent_i = d data_segs_out`` (every data segment put on the wire, retransmissions included,
+    as Linux counts it in ``__tcp_transmit_skb`` and tcpstack does too).
     The sliding window holds the most recent ``loss_window`` sent segments (the oldest sample is
-    cut proportionally when it straddles the edge), and each sample with ``sent_i > 0`` updates
+    cut proportionally when it straddles the edge) sent within the last ``loss_horizon`` seconds
+    (older samples leave it whole, so a link that carried a loss episode and then went quiet
+    forgets it in time, not after ``loss_window`` probe segments), and each sample with
+    ``sent_i > 0`` updates
 
         raw    = sum(retrans) / sum(sent)                      over the window
         ewma  <- raw                       (first sample)
@@ -65,6 +89,13 @@ Sample count and age
     ``samples``: TCPInfo snapshots plus probe RTTs taken in; ``age``: s since the most recent
     (``inf`` before any).
 
+Advertisement
+    :meth:`LinkEstimator.advert` carries finite numbers only (what
+    :func:`overlay.linkstate.validate_lsa` accepts): a link whose latency or throughput is not
+    finite (no RTT sample yet, or no bound on the throughput known) cannot be costed by any
+    policy, so it is advertised *down*, with ``0.0`` in the unknown fields. Up in an advert means
+    up by the availability rule above *and* measurable.
+
 Counter resets
     Every reconnect gives a new connection whose counters restart at zero. A new one is
     recognised by a change of the ``epoch`` passed to :meth:`LinkEstimator.on_info` (the node's
@@ -86,16 +117,10 @@ from overlay.messages import LinkAdvert
 from tcpstack.tcp.info import TCPInfo
 
 __all__ = [
-    "DATA_SEGS_OUT_INCLUDES_RETRANS",
     "LinkEstimator",
     "LinkQuality",
     "pftk_throughput",
 ]
-
-#: Whether ``tcpi_data_segs_out`` already counts retransmitted segments. Linux's does (it is
-#: incremented in __tcp_transmit_skb for every data segment); tcpstack's counts first
-#: transmissions only, so the loss denominator adds ``total_retrans`` back.
-DATA_SEGS_OUT_INCLUDES_RETRANS = False
 
 _U32_MAX = 0xFFFF_FFFF
 _TCP_CLOSED = 7  # Linux TCP_CLOSE (include/net/tcp_states.h): reset or timed out
@@ -161,16 +186,15 @@ class LinkEstimator:
         self._epoch: int | None = None
         self._base: tuple[int, int, int, int] = (0, 0, 0, 0)
         # Loss: window of [sent, retrans] per sample (floats once the oldest is cut).
-        self._window: deque[list[float]] = deque()
+        self._window: deque[list[float]] = deque()  # [sent, retrans, time] per sample
         self._win_sent = 0.0
         self._win_retrans = 0.0
         self._loss_ewma: float | None = None
         # Latency.
         self._srtt_tcp: float | None = None
-        self._tcp_rtt_at: float | None = None
+        self._last_app: float | None = None
         self._min_rtt_tcp: float | None = None
         self._srtt_probe: float | None = None
-        self._probe_at: float | None = None
         self._min_rtt_probe: float | None = None
         # Throughput.
         self._delivery_rate: float | None = None
@@ -192,6 +216,12 @@ class LinkEstimator:
         """A frame arrived from the peer: it is alive."""
         self._heard(now)
 
+    def on_app(self, now: float) -> None:
+        """Application traffic (a Data or DataAck frame) crossed the link either way: for
+        ``idle_after`` s the link counts as busy and TCP's srtt is its latency."""
+        if self._last_app is None or now > self._last_app:
+            self._last_app = now
+
     def on_probe_rtt(self, rtt: float, now: float) -> None:
         """A probe reply came back after ``rtt`` s."""
         if not (rtt >= 0 and math.isfinite(rtt)):
@@ -201,7 +231,6 @@ class LinkEstimator:
         else:
             self._srtt_probe += _PROBE_GAIN * (rtt - self._srtt_probe)
         self._min_rtt_probe = rtt if self._min_rtt_probe is None else min(self._min_rtt_probe, rtt)
-        self._probe_at = now
         self._sample_taken(now)
         self._heard(now)
 
@@ -217,7 +246,7 @@ class LinkEstimator:
             self._base = (0, 0, 0, 0)
         if epoch is not None:
             self._epoch = epoch
-        d_new, d_retrans, d_dsack, d_acked = (
+        d_new, d_retrans, d_dsack, _d_acked = (
             c - b for c, b in zip(counters, self._base, strict=True)
         )
         self._base = counters
@@ -225,14 +254,12 @@ class LinkEstimator:
         self._sample_taken(now)
 
         # Loss.
-        sent = d_new if DATA_SEGS_OUT_INCLUDES_RETRANS else d_new + d_retrans
+        sent = d_new
         if sent > 0:
-            self._add_loss_sample(sent, min(max(d_retrans - d_dsack, 0), sent))
+            self._add_loss_sample(sent, min(max(d_retrans - d_dsack, 0), sent), now)
 
         # Latency: tcpi_rtt is 0 before the first RTT sample, min_rtt ~0U before one.
         if info.rtt > 0:
-            if self._srtt_tcp is None or d_acked > 0:
-                self._tcp_rtt_at = now
             self._srtt_tcp = info.rtt / 1e6
         if 0 < info.min_rtt < _U32_MAX:
             self._min_rtt_tcp = info.min_rtt / 1e6
@@ -263,9 +290,14 @@ class LinkEstimator:
             if ages:
                 self._heard(now - min(ages) / 1000)
 
-    def _add_loss_sample(self, sent: int, retrans: int) -> None:
+    def _add_loss_sample(self, sent: int, retrans: int, now: float) -> None:
         window = self._window
-        window.append([float(sent), float(retrans)])
+        horizon = now - self.settings.loss_horizon
+        while window and window[0][2] < horizon:
+            sent_old, retrans_old, _ = window.popleft()
+            self._win_sent -= sent_old
+            self._win_retrans -= retrans_old
+        window.append([float(sent), float(retrans), now])
         self._win_sent += sent
         self._win_retrans += retrans
         excess = self._win_sent - self.settings.loss_window
@@ -316,13 +348,18 @@ class LinkEstimator:
         """Retransmitted over sent segments in the current window (before EWMA and floor)."""
         return self._win_retrans / self._win_sent if self._win_sent > 0 else None
 
-    def latency(self) -> float:
+    def busy(self, now: float) -> bool:
+        """Application traffic within the last ``idle_after`` s (see "Latency")."""
+        return self._last_app is not None and now - self._last_app < self.settings.idle_after
+
+    def latency(self, now: float | None = None) -> float:
+        """The latency rule of the module docstring; ``now`` None counts the link as idle."""
         tcp, probe = self._srtt_tcp, self._srtt_probe
-        if probe is None or self._probe_at is None:
-            return math.inf if tcp is None else tcp
-        if tcp is None or self._tcp_rtt_at is None or self._probe_at > self._tcp_rtt_at:
+        if tcp is not None and now is not None and self.busy(now):
+            return tcp
+        if probe is not None:
             return probe
-        return tcp
+        return math.inf if tcp is None else tcp
 
     def min_rtt(self) -> float:
         known = [r for r in (self._min_rtt_tcp, self._min_rtt_probe) if r is not None]
@@ -332,11 +369,11 @@ class LinkEstimator:
         floor = self.settings.loss_floor
         return floor if self._loss_ewma is None else max(self._loss_ewma, floor)
 
-    def throughput(self) -> float:
+    def throughput(self, now: float | None = None) -> float:
         terms = []
         if self._delivery_rate is not None:
             terms.append(self._delivery_rate)
-        rtt = self.latency()
+        rtt = self.latency(now)
         if self._mss > 0 and 0 < rtt < math.inf and self._rto is not None:
             wmax = self._snd_wnd / self._mss if self._snd_wnd > 0 else None
             terms.append(pftk_throughput(self._mss, rtt, self._rto, self.loss(), 2, wmax))
@@ -346,15 +383,24 @@ class LinkEstimator:
         return LinkQuality(
             peer=self.peer,
             up=self.is_up(now),
-            latency=self.latency(),
+            latency=self.latency(now),
             min_rtt=self.min_rtt(),
             loss=self.loss(),
-            throughput=self.throughput(),
+            throughput=self.throughput(now),
             samples=self.samples,
             age=math.inf if self._last_sample is None else max(now - self._last_sample, 0.0),
             info=self._info,
         )
 
     def advert(self, now: float) -> LinkAdvert:
+        """Our LSA's view of the link: finite numbers only (see "Advertisement")."""
         q = self.quality(now)
-        return LinkAdvert(q.peer, q.latency, q.loss, q.throughput, q.up)
+        if math.isfinite(q.latency) and math.isfinite(q.throughput):
+            return LinkAdvert(q.peer, q.latency, q.loss, q.throughput, q.up)
+        return LinkAdvert(
+            q.peer,
+            q.latency if math.isfinite(q.latency) else 0.0,
+            q.loss,
+            q.throughput if math.isfinite(q.throughput) else 0.0,
+            False,
+        )

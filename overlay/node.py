@@ -1,45 +1,31 @@
 """``OverlayNode``: one overlay node on a tcpstack :class:`~tcpstack.api.Stack`, under one nursery.
 
-Tasks. One listener; one dialler per neighbour whose id is lexically larger than ours; per
-connected peer link a reader, a writer, a sampler, an event watcher and a prober; node-wide an
-LSA task (origination, refresh, ageing), a route task and the retransmission timer.
+Tasks. The peer links (listening, dialling, Hellos, and per link a reader, a writer, a sampler,
+an event watcher and a prober) live in :mod:`overlay.peerlink`; this module is the orchestrator
+and the application API: it turns link events into link-state (an LSA task: origination,
+refresh, ageing), routes (a route task) and forwarding (the retransmission timer).
 
-Who dials. Only the smaller id dials, so two nodes never race to open two links; an incoming
-connection from a neighbour we dial ourselves is refused. If a link to a peer already exists
-when its new connection is accepted (the peer restarted or lost the old one first), the newer
-link replaces the older. Both ends must list each other as neighbours.
+Failure handling (the point of the design). When a peer link reports its path broken (an RTO,
+a reset, a user timeout, or silence for ``down_after``; see :mod:`overlay.peerlink`), the link
+is marked down for routing at once, the LSA saying so is originated at once (bad news is not
+rate-limited), routes are recomputed at once, and messages in the send window whose path
+crossed the link are resent on the new path without waiting for their timer.
 
-Peer link. One :class:`~tcpstack.api.TCPStream` with Nagle off. Both sides send a
-:class:`~overlay.messages.Hello` first (the dialler first); the authenticated sender id of every
-later frame must be the peer's, and one replay guard spans all of a node's links, so a frame
-captured on an old connection cannot be replayed into a new one. The dialler re-dials after a
-failure with jittered exponential backoff (``reconnect_min * 2**attempt``, capped at
-``reconnect_max``, times a uniform factor in [0.5, 1]).
-
-Failure detection (the point of the design). The sampler reads ``stream.info()`` every
-``sample_interval`` and at once when the engine reports recovery or loss; the event watcher
-marks the link down for routing the instant the engine reports an RTO, a reset, a user timeout
-or a keep-alive timeout: a link with data in flight that needs an RTO has lost its path, and
-waiting for more evidence would cost the RTO backoff. The LSA saying so is originated at once
-(bad news is not rate-limited), routes are recomputed at once, and messages in the send window
-whose path crossed the link are resent on the new path without waiting for their timer. The link
-comes back up when TCP delivers again (``bytes_acked`` moves past its value at the failure, with
-the RTO backoff cleared); a link still down after ``STALE_LINK`` seconds is closed and re-dialled,
-because a fresh connection notices a healed path sooner than an RTO backed off to minutes. An
-idle link (no Data or DataAck for ``idle_after``) gets a Probe every ``probe_interval``, so a cut
-shows up as an RTO of the probe's segment within about ``probe_interval`` + one RTO; a link with
-traffic gets no probes. A link whose estimator has heard nothing for ``down_after`` is down too.
+LSA origination. A new link sample or probe RTT wakes the LSA task only when the link's advert
+moved significantly from what our LSA says (:func:`overlay.linkstate.significant_change`, the
+same test that decides origination); otherwise the task wakes every ``lsa_interval`` for
+ageing and the ``lsa_refresh``.
 
 Routes. Remote changes arrive as LSAs; recomputation waits ``SPF_DELAY`` for the rest of a
-flood's burst (as OSPF's SPF delay does), and runs every ``ROUTE_TICK`` so hold times can run
-out. See :mod:`overlay.forwarding` for forwarding, pinning and end-to-end reliability.
+flood's burst (as OSPF's SPF delay does), and then runs every ``ROUTE_TICK`` for as long as a
+hysteresis hold can still be running: until ``hold_time`` + one tick after the last change of
+the graph or of a selected path. Selection depends only on the graph and the time, so after that
+re-running it would change nothing. See :mod:`overlay.forwarding` for forwarding, pinning and
+end-to-end reliability.
 
-Bad input. Frames that fail authentication, replay, parse or size checks are dropped by the
-:class:`~overlay.messages.FrameReader` and counted in ``stats.drops`` under the reason's name;
-frames with a wrong sender, a bad source route or an invalid LSA are dropped and counted here;
-all are logged at most once per second per peer. A length prefix beyond ``max_frame`` makes the
-stream unrecoverable: that link is closed and re-established. An unexpected error in one link's
-task closes that link (counted as "internal_error"), never the node.
+Bad input. Frame-level drops (authentication, replay, parse, size) are counted by the peer
+links; frames with a wrong sender, a bad source route or an invalid LSA are dropped and counted
+here; all in ``stats.drops`` under the reason's name, logged at most once per second per peer.
 """
 
 from __future__ import annotations
@@ -50,7 +36,6 @@ import math
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import attrs
 import networkx as nx
@@ -66,43 +51,18 @@ from overlay.forwarding import (
     check_route,
     reverse_ack,
 )
-from overlay.linkstate import LinkStateDatabase, Received
-from overlay.messages import (
-    Data,
-    DataAck,
-    FrameReader,
-    FrameWriter,
-    Hello,
-    LinkAdvert,
-    Lsa,
-    Message,
-    Probe,
-    ProbeReply,
-    RateLimitedLog,
-    ReplayGuard,
-)
+from overlay.linkstate import LinkStateDatabase, Received, significant_change
+from overlay.messages import Data, DataAck, LinkAdvert, Lsa, Message, Probe, ProbeReply
 from overlay.metrics import LinkEstimator, LinkQuality
+from overlay.peerlink import LinkClosed, PeerLink, PeerLinks
 from overlay.routing import POLICIES, PathMetrics, Router
 from overlay.types import Delivery, LinkChange, NodeStats, OverlayEvent, PathChange, PathQuality
-from tcpstack.api import Stack, TCPStream
-from tcpstack.tcp.events import (
-    KeepaliveTimeout,
-    LossDetected,
-    RecoveryEntered,
-    ResetReceived,
-    RtoFired,
-    UserTimeout,
-)
+from tcpstack.api import Stack
 
-__all__ = ["OverlayNode", "open_node", "Subscription", "LinkClosed"]
+__all__ = ["OverlayNode", "open_node", "Subscription", "LinkClosed"]  # LinkClosed: old home
 
 log = logging.getLogger(__name__)
 
-MAX_HANDSHAKES = 64  # incoming connections waiting for their Hello at once
-STALE_LINK = 15.0  # s a link may stay down (TCP still retrying) before it is closed and re-dialled
-HELLO_TIMEOUT = 5.0  # s for the peer's Hello after the connection is up
-CONNECT_TIMEOUT = 10.0  # s for one dial attempt
-QUEUE_LIMIT = 512  # frames waiting per link and class (control / data)
 RECEIVE_QUEUE = 1024  # delivered messages waiting for receive()
 MAX_ROUTES = 4096  # (dst, policy) pairs tracked
 ROUTE_TICK = 0.25  # s between hysteresis re-evaluations
@@ -110,10 +70,6 @@ SPF_DELAY = 0.05  # s to wait after a database change for the rest of the flood
 # Bytes of a Data frame that are not payload, with 64-character ids and a MAX_HOPS path: header,
 # sender and counter, MAC, src and dst, flow/msg_id/flags/hop/path_len, the path.
 DATA_OVERHEAD = (7 + 64 + 8) + 32 + 2 * 65 + 19 + MAX_HOPS * 65
-
-
-class LinkClosed(Exception):
-    """A peer link ended; the message says why."""
 
 
 class Subscription:
@@ -163,30 +119,6 @@ class Subscription:
         await trio.lowlevel.checkpoint()
 
 
-@attrs.define(eq=False)
-class _PeerLink:
-    """One connected peer: its stream, frame reader, outgoing queues and liveness state."""
-
-    peer: str
-    stream: TCPStream
-    reader: FrameReader
-    connected_at: float
-    control: collections.deque[Message] = attrs.Factory(collections.deque)
-    data: collections.deque[Message] = attrs.Factory(collections.deque)
-    wake: trio.Event = attrs.Factory(trio.Event)
-    kick_sampler: trio.Event = attrs.Factory(trio.Event)
-    scope: trio.CancelScope | None = None
-    close_reason: str = ""
-    last_rx: float = 0.0  # last valid frame
-    last_app: float = -math.inf  # last Data/DataAck either way: probes only when idle
-    acked_at_failure: int | None = None  # bytes_acked when marked down; None while up
-    failed_at: float = 0.0
-    probes: dict[int, float] = attrs.Factory(dict)
-    drops_seen: dict[str, int] = attrs.Factory(dict)  # the reader's counts already folded in
-    drops_total: int = 0
-    epoch: int = 0  # connection number, so the estimator knows the counters restarted
-
-
 class OverlayNode:
     """An overlay node; make one with :func:`open_node`."""
 
@@ -199,21 +131,16 @@ class OverlayNode:
         self.node_id = config.node_id
         self.stats = NodeStats()
         self._rng = random.Random(seed if seed is not None else random.getrandbits(64))
-        self._boot = self._rng.getrandbits(63)
-        self._writer = FrameWriter(config.key, self.node_id, max_frame=config.max_frame)
-        # One replay guard for every link: frames captured on an old connection to a neighbour
-        # cannot be replayed into its next one.
-        self._replay = ReplayGuard()
-        self._droplog = RateLimitedLog(log)
-        self._neighbours = {n.node_id: n for n in config.neighbours}
+        boot = self._rng.getrandbits(63)
         self._estimators = {
-            peer: LinkEstimator(peer, config.metrics) for peer in self._neighbours
+            n.node_id: LinkEstimator(n.node_id, config.metrics) for n in config.neighbours
         }
-        self._links: dict[str, _PeerLink] = {}
+        self.links = PeerLinks(self, stack, config, self._rng, boot)
         self._up: set[str] = set()
         self.lsdb = LinkStateDatabase(self.node_id, config.routing)
         self.router = Router(self.node_id, config.routing)
         self._graph_version = -1
+        self._hold_until = -math.inf  # route ticks matter until then (see the docstring)
         self.routes = RouteTable(self.router, config.routing, max_routes=MAX_ROUTES)
         self._sender = Sender(window=send_window, rng=self._rng)
         self._dedupe = Deduplicator()
@@ -223,10 +150,7 @@ class OverlayNode:
         self._route_kick = trio.Event()
         self._deliver_tx, self._deliver_rx = trio.open_memory_channel[Delivery](RECEIVE_QUEUE)
         self._subscribers: set[Subscription] = set()
-        self._nursery: trio.Nursery | None = None
-        self._handshaking = 0
         self._closed = False
-        self.listen_port: int | None = None
 
     # ================================================================ application API
     async def send(
@@ -323,6 +247,11 @@ class OverlayNode:
         return sub
 
     @property
+    def listen_port(self) -> int | None:
+        """The port the node listens on (known once it runs)."""
+        return self.links.listen_port
+
+    @property
     def peers(self) -> list[str]:
         """Neighbours whose link is up for routing."""
         return sorted(self._up)
@@ -330,15 +259,10 @@ class OverlayNode:
     # ================================================================ running
     async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listener = await self.stack.open_tcp_listener(self.config.listen_port)
-        self.listen_port = listener.port
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
                 self._originate(trio.current_time(), force=True)
-                nursery.start_soon(self._accept_loop, listener)
-                for peer in sorted(self._neighbours):
-                    if self.node_id < peer:
-                        nursery.start_soon(self._dial_loop, peer)
+                self.links.start(nursery, listener)
                 nursery.start_soon(self._lsa_loop)
                 nursery.start_soon(self._route_loop)
                 nursery.start_soon(self._retransmit_loop)
@@ -355,249 +279,41 @@ class OverlayNode:
         self._window_lot.unpark_all()
         self._deliver_tx.close()
 
-    # ================================================================ peer links
-    async def _accept_loop(self, listener: Any) -> None:
-        assert self._nursery is not None
-        while True:
-            stream = await listener.accept()
-            if self._handshaking >= MAX_HANDSHAKES:  # a connection flood costs no more than this
-                self.stats.drops["handshake_limit"] += 1
-                await stream.aclose()
-                continue
-            self._nursery.start_soon(self._accepted, stream)
+    # ================================================================ peer link events
+    # The LinkHost interface of overlay.peerlink.
 
-    async def _accepted(self, stream: TCPStream) -> None:
-        self._handshaking += 1
-        try:
-            stream.options.nodelay = True
-            if self.config.user_timeout is not None:
-                stream.options.user_timeout = self.config.user_timeout
-            reader, hello, rest = await self._handshake(stream, expected=None)
-        except (LinkClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self.stats.drops["handshake"] += 1
-            log.info("%s: incoming link rejected: %s", self.node_id, exc)
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
-            return
-        finally:
-            self._handshaking -= 1
-        await self._run_link(hello.node_id, stream, reader, rest)
+    def estimator(self, peer: str) -> LinkEstimator:
+        return self._estimators[peer]
 
-    async def _dial_loop(self, peer: str) -> None:
-        neighbour = self._neighbours[peer]
-        attempt = 0
-        while True:
-            stream: TCPStream | None = None
-            try:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    options: dict[str, Any] = {"nodelay": True}
-                    if self.config.user_timeout is not None:
-                        options["user_timeout"] = self.config.user_timeout
-                    stream = await self.stack.open_tcp_stream(
-                        neighbour.address, neighbour.port, **options
-                    )
-                reader, _hello, rest = await self._handshake(stream, expected=peer)
-            except (LinkClosed, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-                self.stats.connect_failures += 1
-                log.debug("%s: dial %s failed: %s", self.node_id, peer, exc)
-                if stream is not None:
-                    with trio.CancelScope(shield=True):
-                        await stream.aclose()
-                await trio.sleep(self._backoff(attempt))
-                attempt += 1
-                continue
-            attempt = 0
-            await self._run_link(peer, stream, reader, rest)
-            await trio.sleep(self._backoff(0))
+    def link_opened(self, link: PeerLink, now: float) -> None:
+        self._set_up(link.peer, True, now, "connected")
+        for lsa in self.lsdb.lsas():  # database synchronisation
+            self._enqueue(link, lsa, control=True)
 
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.config.reconnect_max, self.config.reconnect_min * 2 ** min(attempt, 30))
-        return delay * self._rng.uniform(0.5, 1.0)
+    def link_closed(self, link: PeerLink, now: float) -> None:
+        self._set_up(link.peer, False, now, link.close_reason or "closed")
 
-    async def _handshake(
-        self, stream: TCPStream, expected: str | None
-    ) -> tuple[FrameReader, Hello, list[tuple[str, Message]]]:
-        """Exchange Hellos; return the reader and any frames that followed the peer's Hello."""
-        reader = FrameReader(
-            self.config.key, max_frame=self.config.max_frame, replay=self._replay
-        )
-        hello = Hello(self.node_id, self.listen_port or self.config.listen_port, self._boot)
-        if expected is not None:  # the dialler speaks first
-            await self._send_raw(stream, hello)
-        try:
-            with trio.fail_after(HELLO_TIMEOUT):
-                while True:
-                    data = await stream.receive_some()
-                    if not data:
-                        raise LinkClosed("closed during handshake")
-                    self.stats.bytes_in += len(data)
-                    frames = reader.feed(data)
-                    if reader.poisoned:
-                        raise LinkClosed("unparseable stream during handshake")
-                    if frames:
-                        break
-        except trio.TooSlowError:
-            raise LinkClosed("no Hello in time") from None
-        finally:
-            for reason, count in reader.stats.as_dict().items():
-                self.stats.drops[reason] += count
-        sender, first = frames[0]
-        if not isinstance(first, Hello) or first.node_id != sender:
-            raise LinkClosed(f"first frame from {sender!r} is not its Hello")
-        if expected is not None and sender != expected:
-            raise LinkClosed(f"dialled {expected!r} but {sender!r} answered")
-        if sender not in self._neighbours:
-            raise LinkClosed(f"{sender!r} is not a configured neighbour")
-        if expected is None and self.node_id < sender:
-            # We dial this one ourselves; taking its call too would leave two links that keep
-            # replacing each other.
-            raise LinkClosed(f"{sender!r} dialled us, but the smaller id ({self.node_id}) dials")
-        if expected is None:
-            await self._send_raw(stream, hello)
-        self.stats.frames_in["Hello"] += 1
-        return reader, first, frames[1:]
-
-    async def _send_raw(self, stream: TCPStream, msg: Message) -> None:
-        frame = self._writer.encode(msg)
-        self._count_out(msg, len(frame))
-        await stream.send_all(frame)
-
-    async def _run_link(
-        self, peer: str, stream: TCPStream, reader: FrameReader, rest: list[tuple[str, Message]]
-    ) -> None:
-        now = trio.current_time()
-        link = _PeerLink(peer, stream, reader, now, last_rx=now)
-        link.drops_seen = reader.stats.as_dict()  # counted by the handshake
-        link.drops_total = reader.stats.total
-        old = self._links.get(peer)
-        if old is not None and old.scope is not None:
-            old.close_reason = "replaced by a newer link"
-            old.scope.cancel()
-        self._links[peer] = link
-        self.stats.connects += 1
-        link.epoch = self.stats.connects
-        self._estimators[peer].on_info(stream.info(), now, epoch=link.epoch)
-        try:
-            with trio.CancelScope() as scope:
-                link.scope = scope
-                self._set_up(peer, True, now, "connected")
-                for lsa in self.lsdb.lsas():  # database synchronisation
-                    self._enqueue(link, lsa, control=True)
-                for sender, msg in rest:
-                    self._dispatch(link, sender, msg)
-                async with trio.open_nursery() as nursery:
-                    for task in (self._reader, self._writer_task, self._sampler, self._watcher,
-                                 self._prober):
-                        nursery.start_soon(self._guard, link, task)
-        finally:
-            with trio.CancelScope(shield=True):
-                if self._links.get(peer) is link:
-                    del self._links[peer]
-                    self._set_up(peer, False, trio.current_time(), link.close_reason or "closed")
-                log.info("%s: link to %s closed: %s", self.node_id, peer, link.close_reason)
-                await stream.aclose()
-
-    async def _guard(self, link: _PeerLink, task: Any) -> None:
-        """Run one task of a link; whatever ends it ends the link, never the node."""
-        try:
-            await task(link)
-        except (LinkClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            if not link.close_reason:
-                link.close_reason = str(exc) or type(exc).__name__
-        except Exception as exc:  # a bug must cost one link, not the node and its other links
-            log.exception("%s: link to %s failed", self.node_id, link.peer)
-            self.stats.drops["internal_error"] += 1
-            link.close_reason = f"internal error: {exc!r}"
-        assert link.scope is not None
-        link.scope.cancel()
-
-    async def _reader(self, link: _PeerLink) -> None:
-        stream, reader = link.stream, link.reader
-        while True:
-            data = await stream.receive_some()
-            if not data:
-                raise LinkClosed("peer closed the link")
-            self.stats.bytes_in += len(data)
-            frames = reader.feed(data)
-            self._count_drops(link)
-            for sender, msg in frames:
-                self._dispatch(link, sender, msg)
-            if reader.poisoned:
-                raise LinkClosed("oversized length prefix: cannot resynchronise")
-
-    async def _writer_task(self, link: _PeerLink) -> None:
-        stream = link.stream
-        while True:
-            while not link.control and not link.data:
-                link.wake = trio.Event()
-                await link.wake.wait()
-            chunks: list[bytes] = []
-            size = 0
-            while (link.control or link.data) and size < 65536:
-                msg = link.control.popleft() if link.control else link.data.popleft()
-                try:
-                    frame = self._writer.encode(msg)
-                except ValueError:
-                    self.stats.drops["oversize_out"] += 1
-                    continue
-                self._count_out(msg, len(frame))
-                chunks.append(frame)
-                size += len(frame)
-            if chunks:
-                await stream.send_all(b"".join(chunks))
-
-    async def _sampler(self, link: _PeerLink) -> None:
-        metrics = self.config.metrics
-        while True:
-            now = trio.current_time()
-            info = link.stream.info()
-            self._estimators[link.peer].on_info(info, now, epoch=link.epoch)
-            if link.acked_at_failure is not None:
-                if now - link.failed_at > STALE_LINK:
-                    # TCP backs its RTO off towards minutes; a fresh connection notices a healed
-                    # path sooner (reconnect_max), so give this one up.
-                    raise LinkClosed(f"down for more than {STALE_LINK:g} s")
-                if info.bytes_acked > link.acked_at_failure and info.backoff == 0:
-                    link.acked_at_failure = None
-                    self._set_up(link.peer, True, now, "delivering again")
-            elif link.peer in self._up and not self._estimators[link.peer].is_up(now):
-                self._link_failed(link, now, f"nothing heard for {metrics.down_after:g} s",
-                                  info.bytes_acked)
-            self._lsa_kick.set()
-            link.kick_sampler = trio.Event()
-            with trio.move_on_after(metrics.sample_interval):
-                await link.kick_sampler.wait()
-
-    async def _watcher(self, link: _PeerLink) -> None:
-        async for event in link.stream.events():
-            if isinstance(event, RtoFired):
-                self._link_failed(link, trio.current_time(), f"RTO (backoff {event.backoff})")
-            elif isinstance(event, (ResetReceived, UserTimeout, KeepaliveTimeout)):
-                self._link_failed(link, trio.current_time(), event.event_type)
-            elif isinstance(event, (RecoveryEntered, LossDetected)):
-                link.kick_sampler.set()
-
-    async def _prober(self, link: _PeerLink) -> None:
-        metrics = self.config.metrics
-        while True:
-            now = trio.current_time()
-            if now - link.last_app >= metrics.idle_after:
-                nonce = self._rng.getrandbits(32)
-                link.probes[nonce] = now
-                while len(link.probes) > 16:
-                    del link.probes[next(iter(link.probes))]
-                self._enqueue(link, Probe(nonce, now), control=True)
-            await trio.sleep(metrics.probe_interval)
-
-    def _link_failed(
-        self, link: _PeerLink, now: float, reason: str, acked: int | None = None
-    ) -> None:
-        if self._links.get(link.peer) is not link:
-            return
-        if link.acked_at_failure is None:
-            link.acked_at_failure = link.stream.info().bytes_acked if acked is None else acked
-            link.failed_at = now
+    def link_failed(self, link: PeerLink, now: float, reason: str) -> None:
         self._set_up(link.peer, False, now, reason)
+
+    def link_recovered(self, link: PeerLink, now: float) -> None:
+        self._set_up(link.peer, True, now, "delivering again")
+
+    def link_routable(self, peer: str) -> bool:
+        return peer in self._up
+
+    def metrics_changed(self, link: PeerLink, now: float) -> None:
+        """Wake the LSA task if this link's advert moved enough to be originated early."""
+        own = self.lsdb.own
+        old = None
+        if own is not None:
+            old = next((adv for adv in own.links if adv.neighbour == link.peer), None)
+        if significant_change(old, self._advert(link.peer, now),
+                              self.config.routing.change_threshold):
+            self._lsa_kick.set()
+
+    def on_frame(self, link: PeerLink, sender: str, msg: Message) -> None:
+        self._dispatch(link, sender, msg)
 
     def _set_up(self, peer: str, up: bool, now: float, reason: str) -> None:
         if (peer in self._up) == up:
@@ -619,7 +335,7 @@ class OverlayNode:
                 self._resend(entry, now, backoff=False)
 
     # ================================================================ frames in
-    def _dispatch(self, link: _PeerLink, sender: str, msg: Message) -> None:
+    def _dispatch(self, link: PeerLink, sender: str, msg: Message) -> None:
         name = type(msg).__name__
         now = trio.current_time()
         if sender != link.peer:
@@ -629,28 +345,34 @@ class OverlayNode:
         link.last_rx = now
         self._estimators[link.peer].on_frame(now)
         if isinstance(msg, Data):
-            link.last_app = now
+            self._app_traffic(link, now)
             self._on_data(link, msg, now)
         elif isinstance(msg, DataAck):
-            link.last_app = now
+            self._app_traffic(link, now)
             self._on_ack(link, msg, now)
         elif isinstance(msg, Lsa):
             self._on_lsa(link, msg, now)
         elif isinstance(msg, Probe):
+            link.last_probe_rx = now
             self._enqueue(link, ProbeReply(msg.nonce, msg.sent), control=True)
+            if msg.rtt > 0:  # the peer's measurement of our common round trip
+                self._estimators[link.peer].on_probe_rtt(msg.rtt, now)
+                self.metrics_changed(link, now)
         elif isinstance(msg, ProbeReply):
             sent = link.probes.pop(msg.nonce, None)
             if sent is None or sent != msg.sent:
                 self._drop(link, "unmatched_probe_reply", now)
             else:
+                link.probe_rtt = now - sent
                 self._estimators[link.peer].on_probe_rtt(now - sent, now)
+                self.metrics_changed(link, now)
         else:  # a second Hello
             self._drop(link, "unexpected_hello", now)
 
-    def _on_lsa(self, link: _PeerLink, lsa: Lsa, now: float) -> None:
+    def _on_lsa(self, link: PeerLink, lsa: Lsa, now: float) -> None:
         verdict = self.lsdb.receive_lsa(lsa, now)
         if verdict is Received.INSTALLED:
-            for other in self._links.values():
+            for other in self.links.links.values():
                 if other is not link:
                     self._enqueue(other, lsa, control=True)
                     self.stats.lsas_flooded += 1
@@ -664,7 +386,7 @@ class OverlayNode:
         elif verdict is Received.REJECTED:
             self._drop(link, "bad_lsa", now)
 
-    def _on_data(self, link: _PeerLink, data: Data, now: float) -> None:
+    def _on_data(self, link: PeerLink, data: Data, now: float) -> None:
         verdict = check_route(data, link.peer, self.node_id)
         if verdict.action == "drop":
             self._drop(link, verdict.reason or "bad_path", now)
@@ -693,7 +415,7 @@ class OverlayNode:
             self._dedupe.remember(data.src, data.msg_id)
             self._enqueue(link, reverse_ack(data), control=True)
 
-    def _on_ack(self, link: _PeerLink, ack: DataAck, now: float) -> None:
+    def _on_ack(self, link: PeerLink, ack: DataAck, now: float) -> None:
         verdict = check_route(ack, link.peer, self.node_id)
         if verdict.action == "drop":
             self._drop(link, verdict.reason or "bad_path", now)
@@ -705,68 +427,40 @@ class OverlayNode:
             self.stats.acked += 1
             self._window_lot.unpark_all()
 
-    def _count_drops(self, link: _PeerLink) -> None:
-        """Fold the reader's per-reason drop counters into the node's, logging new drops."""
-        if link.reader.stats.total == link.drops_total:
-            return
-        link.drops_total = link.reader.stats.total
-        now = trio.current_time()
-        for reason, count in link.reader.stats.as_dict().items():
-            new = count - link.drops_seen.get(reason, 0)
-            if new > 0:
-                link.drops_seen[reason] = count
-                self.stats.drops[reason] += new
-                self._log_drop(link, reason, now)
-
-    def _drop(self, link: _PeerLink, reason: str, now: float) -> None:
-        self.stats.drops[reason] += 1
-        self._log_drop(link, reason, now)
-
-    def _log_drop(self, link: _PeerLink, reason: str, now: float) -> None:
-        self._droplog.log(link.peer, now, "%s dropped a frame: %s", self.node_id, reason)
+    def _drop(self, link: PeerLink, reason: str, now: float) -> None:
+        self.links.drop(link, reason, now)
 
     # ================================================================ frames out
-    def _enqueue(self, link: _PeerLink, msg: Message, *, control: bool) -> bool:
-        queue = link.control if control else link.data
-        if len(queue) >= QUEUE_LIMIT:
-            self.stats.drops["queue_full"] += 1
-            return False
-        queue.append(msg)
-        link.wake.set()
-        return True
+    def _enqueue(self, link: PeerLink, msg: Message, *, control: bool) -> bool:
+        return self.links.enqueue(link, msg, control=control)
 
     def _emit(self, msg: Data | DataAck, next_hop: str, *, control: bool = False) -> bool:
-        link = self._links.get(next_hop)
+        link = self.links.links.get(next_hop)
         if link is None or next_hop not in self._up:
             self.stats.drops["next_hop_down"] += 1
             return False
         if isinstance(msg, Data):
-            link.last_app = trio.current_time()
+            self._app_traffic(link, trio.current_time())
         return self._enqueue(link, msg, control=control)
 
-    def _count_out(self, msg: Message, size: int) -> None:
-        self.stats.frames_out[type(msg).__name__] += 1
-        self.stats.bytes_out += size
-        if not isinstance(msg, Data):
-            self.stats.control_bytes_out += size
+    def _app_traffic(self, link: PeerLink, now: float) -> None:
+        """Data or DataAck on ``link``: no probes for ``idle_after``, and TCP's srtt is its
+        latency meanwhile (see :mod:`overlay.metrics`)."""
+        link.last_app = now
+        self._estimators[link.peer].on_app(now)
 
     # ================================================================ link state and routes
+    def _advert(self, peer: str, now: float) -> LinkAdvert:
+        """Our link to ``peer`` as advertised: the estimator's view (finite numbers; a link that
+        cannot be measured yet is down), except that a link is only up for routing while the
+        node holds it up (an RTO marks it down before the estimator would notice)."""
+        adv = self._estimators[peer].advert(now)
+        if adv.up and peer not in self._up:
+            adv = attrs.evolve(adv, up=False)
+        return adv
+
     def _adverts(self, now: float) -> list[LinkAdvert]:
-        """Our links as advertised: the estimators' view, except that a link is only up for
-        routing while the node holds it up (an RTO marks it down before the estimator would
-        notice) and has a finite RTT estimate (the LSA carries finite numbers only)."""
-        adverts = []
-        for peer in sorted(self._estimators):
-            adv = self._estimators[peer].advert(now)
-            finite = math.isfinite(adv.latency) and math.isfinite(adv.throughput)
-            adverts.append(LinkAdvert(
-                peer,
-                adv.latency if math.isfinite(adv.latency) else 0.0,
-                adv.loss,
-                adv.throughput if math.isfinite(adv.throughput) else 0.0,
-                adv.up and finite and peer in self._up,
-            ))
-        return adverts
+        return [self._advert(peer, now) for peer in sorted(self._estimators)]
 
     def _originate(self, now: float, *, force: bool = False) -> None:
         adverts = self._adverts(now)
@@ -774,7 +468,7 @@ class OverlayNode:
         if lsa is None:
             return
         self.stats.lsas_originated += 1
-        for link in self._links.values():
+        for link in self.links.links.values():
             self._enqueue(link, lsa, control=True)
         self._route_kick.set()
 
@@ -792,11 +486,15 @@ class OverlayNode:
 
     async def _route_loop(self) -> None:
         """Recompute after database changes, coalescing a flood's burst of LSAs (like OSPF's
-        SPF delay), and every ROUTE_TICK so hold times run out. Our own links going down do
-        not wait for this: :meth:`_set_up` reroutes at once."""
+        SPF delay), and every ROUTE_TICK while a hold time may be running. Our own links going
+        down do not wait for this: :meth:`_set_up` reroutes at once."""
         while True:
             self._route_kick = trio.Event()
-            with trio.move_on_after(ROUTE_TICK):
+            if trio.current_time() <= self._hold_until:
+                with trio.move_on_after(ROUTE_TICK):
+                    await self._route_kick.wait()
+                    await trio.sleep(SPF_DELAY)
+            else:
                 await self._route_kick.wait()
                 await trio.sleep(SPF_DELAY)
             self._reroute(trio.current_time())
@@ -805,6 +503,12 @@ class OverlayNode:
         if self.lsdb.version != self._graph_version:
             self._graph_version = self.lsdb.version
             self.router.update(self.lsdb.graph())
+            self._hold_running(trio.current_time())
+
+    def _hold_running(self, now: float) -> None:
+        """A hysteresis hold may have started now: keep re-evaluating until it must be over."""
+        self._hold_until = max(self._hold_until,
+                               now + self.config.routing.hold_time + ROUTE_TICK)
 
     def _current(self, dst: str, policy: str, now: float) -> PathMetrics | None:
         self._update_router()
@@ -820,6 +524,7 @@ class OverlayNode:
 
     def _path_changed(self, change: PathChange, now: float) -> None:
         self.stats.path_changes += 1
+        self._hold_running(now)
         self._publish(change)
         if change.new is not None:
             # Messages waiting for a route, or whose path broke, go out now on the new one.

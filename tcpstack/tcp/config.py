@@ -408,6 +408,9 @@ class ConnectionOptions:
     send_buffer: int | None = attrs.field(default=None, validator=_optional_integer)
     receive_buffer: int | None = attrs.field(default=None, validator=_optional_integer)
     nodelay: bool = attrs.field(default=False, validator=_bool)  # disable Nagle (RFC 896)
+    # ACK every in-order data segment at once (Linux TCP_QUICKACK, here kept on): no delayed
+    # ACK, so the peer's RTT samples are the path's, not the path's plus our ACK delay.
+    quickack: bool = attrs.field(default=False, validator=_bool)
     congestion: str = attrs.field(default="cubic", validator=_str)
     hystart: bool = attrs.field(default=True, validator=_bool)
     keepalive: KeepaliveOptions = attrs.field(
@@ -490,6 +493,7 @@ class ConnectionOptions:
             send_buffer=send_buffer,
             receive_buffer=receive_buffer,
             nodelay=self.nodelay,
+            quickack=self.quickack,
             congestion=self.congestion,
             hystart=self.hystart,
             keepalive=self.keepalive,
@@ -555,6 +559,7 @@ class ResolvedOptions:
     send_buffer: int
     receive_buffer: int
     nodelay: bool
+    quickack: bool
     congestion: str
     hystart: bool
     keepalive: KeepaliveOptions

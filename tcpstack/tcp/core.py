@@ -162,6 +162,7 @@ class ConnectionCore:
             max_ooo_ranges=opts.max_ooo_ranges,
             ato_min=profile.delayed_ack_timeout,
         )
+        self.rcv.quickack = opts.quickack
         if options.receive_buffer is None and profile.moderate_rcvbuf:
             self.rcv.autotune_max = profile.receive_buffer_max  # else SOCK_RCVBUF_LOCK
         if profile.quickack_segments == 0:

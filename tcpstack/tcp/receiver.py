@@ -47,13 +47,14 @@ class Receiver:
         "quick", "ato", "ato_min", "last_recv", "_segs_since_ack", "_dsack",
         "bytes_received", "data_segs_in", "rcv_rtt", "_rtt_seq", "_rtt_time",
         "rcv_space", "_space_copied", "_space_time", "shut_rd", "bytes_discarded", "autotune_max",
-        "bsd_delack", "bsd_window",
+        "bsd_delack", "bsd_window", "quickack",
     )
 
     def __init__(
         self, *, capacity: int, rcv_wscale: int, advmss: int, max_ooo_bytes: int,
         max_ooo_ranges: int, ato_min: float,
     ) -> None:
+        self.quickack = False  # ConnectionOptions.quickack: every in-order segment ACKed at once
         if capacity <= 0:
             raise ValueError(f"receive buffer must be positive, got {capacity}")
         self.irs = 0
@@ -259,7 +260,7 @@ class Receiver:
 
     def _ack_policy(self) -> int:
         """Linux __tcp_ack_snd_check for in-order data."""
-        if self.quick > 0:
+        if self.quick > 0 or self.quickack:
             return ACK_NOW
         # More than one full-sized segment not yet acknowledged: ACK now (RFC 1122 / 9293
         # "ACK at least every second full-sized segment").

@@ -394,13 +394,19 @@ class SenderMixin(ConnectionCore):
 
     # -- timers owned by the sender ---------------------------------------------------
 
-    def _arm_rto(self, now: float) -> None:
+    def _arm_rto(self, now: float, *, since: float | None = None) -> None:
         """RFC 6298 5.1/5.3: (re)start the retransmission timer, RTO from now.
 
-        With a user timeout (RFC 5482) the timer never runs past the moment it expires, so the
-        abort happens on time (Linux tcp_clamp_rto_to_user_timeout).
+        ``since`` counts the RTO from an earlier moment instead (never firing in the past), as
+        Linux tcp_rearm_rto does when the RTO replaces a loss-probe timer: it runs from the
+        oldest outstanding segment's transmission, so a probe timer that new data keeps
+        re-arming cannot postpone the RTO. With a user timeout (RFC 5482) the timer never runs
+        past the moment it expires, so the abort happens on time (Linux
+        tcp_clamp_rto_to_user_timeout).
         """
-        when = now + self.rtt.rto
+        when = (now if since is None else since) + self.rtt.rto
+        if when < now:
+            when = now
         ut = self.opts.user_timeout
         if ut is not None and self.retrans_stamp is not None:
             when = min(when, max(self.retrans_stamp + ut, now))
@@ -482,7 +488,8 @@ class SenderMixin(ConnectionCore):
             or self.state not in SENDING_STATES
             or self.ca_state in (CaState.RECOVERY, CaState.LOSS)
         ):
-            self._arm_rto(now)
+            head = self.sb.first()
+            self._arm_rto(now, since=head.last_sent if head is not None else None)
             return
         self.tlp_pending = True
 

@@ -6,6 +6,8 @@ call changes nothing; then each one is applied the way Linux applies the matchin
 
 * ``nodelay`` (TCP_NODELAY): turning it on releases data Nagle held, at the next poll
   (Linux ``tcp_push_pending_frames`` from ``__tcp_sock_set_nodelay``).
+* ``quickack`` (TCP_QUICKACK, kept on rather than Linux's one-shot): every in-order data segment
+  is ACKed at once, so the peer's RTT samples carry no delayed-ACK time.
 * ``keepalive`` (SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT): the timer is re-armed from the time the
   connection has already been idle (``keepalive_time_elapsed``), or stopped.
 * ``user_timeout`` (TCP_USER_TIMEOUT): takes effect when the retransmission or persist timer is
@@ -37,7 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["RUNTIME_OPTIONS", "apply_options"]
 
 RUNTIME_OPTIONS = frozenset({
-    "nodelay", "keepalive", "user_timeout", "congestion", "send_buffer", "receive_buffer", "mss",
+    "nodelay", "quickack", "keepalive", "user_timeout", "congestion", "send_buffer",
+    "receive_buffer", "mss",
 })
 
 
@@ -56,8 +59,9 @@ def apply_options(conn: Connection, changes: Mapping[str, Any]) -> None:
             f"unknown option(s) {', '.join(unknown)}; settable: {', '.join(sorted(RUNTIME_OPTIONS))}"
         )
     changes = dict(changes)
-    if isinstance(changes.get("nodelay"), int):
-        changes["nodelay"] = bool(changes["nodelay"])  # setsockopt passes an int flag
+    for flag in ("nodelay", "quickack"):
+        if isinstance(changes.get(flag), int):
+            changes[flag] = bool(changes[flag])  # setsockopt passes an int flag
     if changes.get("user_timeout") == 0:
         changes["user_timeout"] = None  # TCP_USER_TIMEOUT 0: back to the system default (off)
     if "mss" in changes and _handshake_started(conn):
@@ -79,6 +83,9 @@ def apply_options(conn: Connection, changes: Mapping[str, Any]) -> None:
         new_cc.cwnd = conn.cc.cwnd
         new_cc.ssthresh = conn.cc.ssthresh
         conn.cc = new_cc
+
+    if "quickack" in changes:
+        conn.rcv.quickack = resolved.quickack
 
     if "send_buffer" in changes:
         conn.sndbuf.capacity = resolved.send_buffer

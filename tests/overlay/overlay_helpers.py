@@ -18,7 +18,7 @@ from overlay.config import MetricSettings, Neighbour, NodeConfig, RoutingSetting
 from overlay.node import OverlayNode
 from tcpstack.api import Stack, open_stack
 from tcpstack.links.impairment import ImpairmentConfig
-from tcpstack.links.memory import MemoryNetwork
+from tcpstack.links.memory import MemoryLink, MemoryNetwork
 
 KEY = bytes(range(32))
 PORT = 7000
@@ -35,6 +35,7 @@ class Overlay:
     stacks: dict[str, Stack]
     nodes: dict[str, OverlayNode]
     delays: dict[frozenset[str], float]
+    ports: dict[str, MemoryLink] = attrs.Factory(dict)  # each node's port: IP-level counters
 
     def node(self, node_id: str) -> OverlayNode:
         return self.nodes[node_id]
@@ -73,8 +74,9 @@ async def open_overlay(
                 net.set_path(addrs[x], addrs[y], ImpairmentConfig(delay=delay))
         stacks: dict[str, Stack] = {}
         nodes: dict[str, OverlayNode] = {}
+        ports: dict[str, MemoryLink] = {}
         for i, n in enumerate(ids):
-            link = net.attach(addrs[n])
+            link = ports[n] = net.attach(addrs[n])
             stacks[n] = await stack.enter_async_context(
                 open_stack(link, seed=seed * 1000 + i, close_timeout=0.1)
             )
@@ -92,7 +94,7 @@ async def open_overlay(
             nodes[n] = await stack.enter_async_context(
                 open_node(stacks[n], config, seed=seed * 1000 + i)
             )
-        yield Overlay(net, addrs, stacks, nodes, delays)
+        yield Overlay(net, addrs, stacks, nodes, delays, ports)
 
 
 async def wait_routable(overlay: Overlay, *, policy: str = "latency", timeout: float = 30.0) -> float:

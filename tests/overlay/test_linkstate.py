@@ -9,7 +9,13 @@ import networkx as nx
 import pytest
 
 from overlay.config import RoutingSettings
-from overlay.linkstate import LinkStateDatabase, Received, Rejection, validate_lsa
+from overlay.linkstate import (
+    LinkStateDatabase,
+    Received,
+    Rejection,
+    significant_change,
+    validate_lsa,
+)
 from overlay.messages import LinkAdvert, Lsa
 
 S = RoutingSettings(lsa_interval=1.0, lsa_refresh=10.0, lsa_max_age=40.0, change_threshold=0.1)
@@ -221,14 +227,22 @@ def test_significant_change_waits_for_lsa_interval(changed: LinkAdvert) -> None:
 
 def test_tiny_absolute_moves_are_noise_even_if_relatively_large() -> None:
     db = LinkStateDatabase("a", S)
-    db.maybe_originate([adv("b", latency=0.0002, loss=0.001, tp=2000.0)], 0.0)
-    # +40 % latency, +90 % loss, +45 % throughput: each move is below change_threshold times
-    # its floor (0.1 ms, 0.1 % loss, 1 kB/s).
-    assert db.maybe_originate([adv("b", latency=0.00028, loss=0.0019, tp=2900.0)], 2.0) is None
-    # The same relative moves from ordinary values are significant.
+    db.maybe_originate([adv("b", latency=0.005, loss=0.001, tp=20_000.0)], 0.0)
+    # +38 % latency (1.9 ms), +390 % loss (0.0039), +45 % throughput (9 kB/s): every move is
+    # relatively large but below its absolute floor (2 ms, 0.005, 10 kB/s).
+    assert db.maybe_originate([adv("b", latency=0.0069, loss=0.0049, tp=29_000.0)], 2.0) is None
+    # Just past each floor it is significant.
+    for changed in (adv("b", latency=0.0071, loss=0.001, tp=20_000.0),
+                    adv("b", latency=0.005, loss=0.0061, tp=20_000.0),
+                    adv("b", latency=0.005, loss=0.001, tp=30_100.0)):
+        db_floor = LinkStateDatabase("a", S)
+        db_floor.maybe_originate([adv("b", latency=0.005, loss=0.001, tp=20_000.0)], 0.0)
+        assert db_floor.maybe_originate([changed], 2.0) is not None, changed
+    # Above the floors the relative threshold rules: 10 % of 100 ms is 10 ms.
     db2 = LinkStateDatabase("a", S)
-    db2.maybe_originate([adv("b", latency=0.020)], 0.0)
-    assert db2.maybe_originate([adv("b", latency=0.028)], 2.0) is not None
+    db2.maybe_originate([adv("b", latency=0.100)], 0.0)
+    assert db2.maybe_originate([adv("b", latency=0.109)], 2.0) is None
+    assert db2.maybe_originate([adv("b", latency=0.111)], 2.0) is not None
 
 
 def test_bad_news_is_originated_at_once_good_news_is_rate_limited() -> None:
@@ -335,3 +349,14 @@ def test_lsas_lists_every_stored_lsa_for_database_sync() -> None:
     theirs = lsa("b", 3, adv("a"))
     db.receive(theirs, 0.0)
     assert sorted(db.lsas(), key=lambda x: x.origin) == [mine, theirs]
+
+
+def test_significant_change_per_link() -> None:
+    base = adv("b", latency=0.020, loss=0.001, tp=1e6)
+    assert significant_change(None, base, 0.1)  # a new link
+    assert significant_change(base, adv("b", latency=0.020, up=False), 0.1)  # went down
+    assert significant_change(adv("b", up=False), base, 0.1)  # came up
+    assert not significant_change(adv("b", latency=0.5, up=False), adv("b", up=False), 0.1)
+    # 20 ms: 10 % is 2 ms, the floor is 2 ms: a 2.5 ms move counts, 1.9 ms does not.
+    assert significant_change(base, adv("b", latency=0.0225, loss=0.001, tp=1e6), 0.1)
+    assert not significant_change(base, adv("b", latency=0.0219, loss=0.001, tp=1e6), 0.1)

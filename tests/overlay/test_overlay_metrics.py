@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from overlay.config import MetricSettings
-from overlay.messages import LinkAdvert
+from overlay.linkstate import validate_lsa
+from overlay.messages import LinkAdvert, Lsa
 from overlay.metrics import LinkEstimator, pftk_throughput
 from tcpstack.tcp.info import TCPInfo
 
@@ -16,9 +17,15 @@ U32_MAX = 0xFFFF_FFFF
 
 
 def snap(**fields: Any) -> TCPInfo:
-    """An ESTABLISHED snapshot, no RTT sample yet (min_rtt ~0U as Linux reports it)."""
+    """An ESTABLISHED snapshot, no RTT sample yet (min_rtt ~0U as Linux reports it).
+
+    In these hand-computed examples ``data_segs_out`` is given as *first* transmissions; the
+    snapshot carries the wire total (first transmissions plus ``total_retrans``), as Linux and
+    tcpstack report ``tcpi_data_segs_out``.
+    """
     base: dict[str, Any] = {"state": 1, "min_rtt": U32_MAX, "snd_mss": 1460}
     base.update(fields)
+    base["data_segs_out"] = base.get("data_segs_out", 0) + base.get("total_retrans", 0)
     return TCPInfo.zeros(**base)
 
 
@@ -158,21 +165,56 @@ def test_latency_from_tcp_rtt_in_microseconds() -> None:
     assert est.latency() == pytest.approx(0.05)
 
 
-def test_probe_rtt_smoothed_and_used_when_fresher() -> None:
-    est = estimator()
+def test_probe_rtt_smoothed_is_the_latency_of_an_idle_link() -> None:
+    est = estimator(idle_after=1.0)
     est.on_probe_rtt(0.1, 1.0)
     est.on_probe_rtt(0.2, 2.0)
-    assert est.latency() == pytest.approx(0.1 + (0.2 - 0.1) / 8)  # 0.1125, RFC 6298 gain
+    assert est.latency(2.0) == pytest.approx(0.1 + (0.2 - 0.1) / 8)  # 0.1125, RFC 6298 gain
     assert est.min_rtt() == pytest.approx(0.1)
-    # A TCP sample whose ACKs advanced is fresher than the probes.
-    est.on_info(snap(rtt=30_000, min_rtt=25_000, bytes_acked=500), 3.0)
-    assert est.latency() == pytest.approx(0.03) and est.min_rtt() == pytest.approx(0.025)
-    # Nothing acknowledged since: TCP's srtt is stale, the next probe is fresher.
-    est.on_info(snap(rtt=30_000, min_rtt=25_000, bytes_acked=500), 4.0)
+    # TCP's samples on an idle link carry the peer's delayed ACK: they are not its latency,
+    # however fresh (min_rtt still takes them: it is a lower bound either way).
+    est.on_info(snap(rtt=230_000, min_rtt=25_000, bytes_acked=500), 3.0)
+    assert est.latency(3.0) == pytest.approx(0.1125) and est.min_rtt() == pytest.approx(0.025)
     est.on_probe_rtt(0.2, 4.5)
-    assert est.latency() == pytest.approx(0.1125 + (0.2 - 0.1125) / 8)
+    assert est.latency(4.5) == pytest.approx(0.1125 + (0.2 - 0.1125) / 8)
     with pytest.raises(ValueError):
         est.on_probe_rtt(-1.0, 5.0)
+
+
+def test_tcp_srtt_is_the_latency_while_application_traffic_flows() -> None:
+    est = estimator(idle_after=1.0)
+    est.on_probe_rtt(0.1, 1.0)
+    est.on_info(snap(rtt=30_000, bytes_acked=500), 2.0)
+    assert est.latency(2.0) == pytest.approx(0.1)  # idle: the probes' figure
+    est.on_app(2.0)
+    assert est.busy(2.5) and est.quality(2.5).latency == pytest.approx(0.03)
+    # idle_after without Data or DataAck: idle again, back to the probes.
+    assert not est.busy(3.0) and est.quality(3.0).latency == pytest.approx(0.1)
+    # No probe RTT at all (a link that was never idle): TCP's srtt rather than nothing.
+    fresh = estimator()
+    fresh.on_info(snap(rtt=40_000, bytes_acked=500), 1.0)
+    assert fresh.latency(1.0) == pytest.approx(0.04)
+
+
+def test_an_unmeasured_link_is_advertised_down_with_finite_numbers() -> None:
+    est = estimator()
+    est.set_up(True, 0.0)
+    assert est.quality(0.0).up and est.quality(0.0).latency == math.inf
+    adv = est.advert(0.0)
+    assert adv == LinkAdvert("b", 0.0, est.loss(), 0.0, False)
+    assert validate_lsa(Lsa("a", 1, (adv,))) is None  # the database takes it
+    est.on_probe_rtt(0.02, 0.5)
+    adv = est.advert(0.5)
+    assert adv.up and adv.latency == pytest.approx(0.02)
+    # Unbounded throughput (no loss floor, no window, no delivery rate) is not advertisable
+    # either.
+    est = estimator(loss_floor=0.0)
+    est.set_up(True, 0.0)
+    est.on_info(snap(rtt=20_000, rto=200_000, snd_wnd=0, data_segs_in=1, bytes_acked=1), 0.0)
+    assert est.quality(0.0).throughput == math.inf
+    adv = est.advert(0.0)
+    assert not adv.up and adv.throughput == 0.0 and adv.latency == pytest.approx(0.02)
+    assert validate_lsa(Lsa("a", 1, (adv,))) is None
 
 
 # -- throughput --------------------------------------------------------------------------------
@@ -274,3 +316,28 @@ def test_samples_age_info_and_advert() -> None:
     assert q.samples == 2 and q.age == pytest.approx(0.5) and q.info is first
     assert q.peer == "b" and q.up
     assert est.advert(2.5) == LinkAdvert("b", q.latency, q.loss, q.throughput, True)
+
+
+def test_a_loss_episode_is_forgotten_after_the_horizon_on_a_quiet_link() -> None:
+    # 100 segments with 10 retransmissions, then the link carries only probes: one segment
+    # a second. Within the horizon the episode dominates the window; after it only the
+    # probes count, and the EWMA walks down to the floor instead of staying at ~10 %.
+    est = estimator(loss_horizon=10.0, loss_alpha=0.25)
+    est.on_info(snap(data_segs_out=100, total_retrans=10), 1.0)
+    first, retrans = 100, 10
+    for t in range(2, 40):
+        first += 1
+        est.on_info(snap(data_segs_out=first, total_retrans=retrans), float(t))
+        if t == 10:
+            within = est.quality(float(t)).loss
+    assert within > 0.05  # the episode still counts inside the horizon
+    assert est.quality(39.0).loss == pytest.approx(0.001)  # the floor, once forgotten
+
+
+def test_without_the_horizon_the_window_would_remember() -> None:
+    # The same history with a horizon longer than the run: the episode is still in the window.
+    est = estimator(loss_horizon=1000.0, loss_alpha=0.25)
+    est.on_info(snap(data_segs_out=100, total_retrans=10), 1.0)
+    for t in range(2, 40):
+        est.on_info(snap(data_segs_out=100 + t - 1, total_retrans=10), float(t))
+    assert est.quality(39.0).loss > 0.05

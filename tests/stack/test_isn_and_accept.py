@@ -1,5 +1,5 @@
 """RFC 6528 ISNs, and the listener's wake-ups (one acceptor per connection, no second schedule
-point after a wait). Proposed for tests/stack/ by the perf_hs helper."""
+point after a wait)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import socket
 import struct
 
 import trio
-
 from stack_helpers import A, B
 
 from tcpstack import open_stack

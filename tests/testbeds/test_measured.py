@@ -290,13 +290,6 @@ def near_equal_paths(seed: int, minute: float = 60.0) -> Topology:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="overlay.metrics: a link carrying a low-rate flow advertises TCP's srtt, which "
-    "includes the receiver's 40 ms delayed ACK, while an idle link advertises the probe RTT, "
-    "which does not; the path in use therefore looks ~40 ms per hop worse than its idle twin "
-    "and the source alternates between them every few seconds (16 switches in the minute)",
-)
 async def test_near_equal_paths_with_delay_noise_switch_at_most_once_a_minute(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
