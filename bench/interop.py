@@ -3,9 +3,11 @@
 One run measures, each way (download = kernel sends to the measured endpoint, upload = the
 measured endpoint sends to the kernel), for:
 
-1. the user stack over ``TunLink`` with checksum/TSO offload;
+1. the user stack over ``TunLink`` with checksum/TSO offload, with the veths' offloads off and
+   on (on, the kernel coalesces what it forwards into the TUN device: GRO);
 2. the same without offload;
-3. the user stack over ``PcapLink`` (raw socket + pcap, firewall guard), MTU 1500;
+3. the user stack over ``PcapLink`` (AF_PACKET in, raw socket and packet-socket GSO out, firewall
+   guard), MTU 1500, veth offloads off and on;
 4. kernel <-> kernel over the same veth (the ceiling), with veth offloads on and off;
 5. PyTCP (``pip install pytcp``, a pure-Python stack) over a TAP device, when it installs.
 
@@ -266,9 +268,12 @@ def main() -> int:
                 rows.append((label, None))
 
     run("(1) user stack, TunLink, offload", "tun", lambda n: user_tun(n, nbytes, offload=True))
+    run("(1) ... and veth offloads on (GRO)", "tun", lambda n: user_tun(n, nbytes, offload=True),
+        veth_offload=True)
     run("(2) user stack, TunLink, no offload", "tun-nooffload",
         lambda n: user_tun(n, nbytes, offload=False))
     run("(3) user stack, PcapLink, MTU 1500", "pcap", lambda n: user_pcap(n, nbytes))
+    run("(3) ... and veth offloads on", "pcap", lambda n: user_pcap(n, nbytes), veth_offload=True)
     run("(4) kernel <-> kernel, veth offloads off", "kernel", lambda n: kernel_pair(n, nbytes))
     run("(4) kernel <-> kernel, veth offloads on", "kernel", lambda n: kernel_pair(n, nbytes),
         veth_offload=True)
