@@ -36,6 +36,7 @@ import trio
 
 from tcpstack.api import Stack, open_stack
 from tcpstack.cli import main as cli_main
+from tcpstack.http import Url, http_get
 from tcpstack.links.pcap import PcapLink, open_pcap_link
 from testbeds.netns import Namespace, offloads, root_skip_reason
 from testbeds.netns import Testnet as Net
@@ -122,23 +123,11 @@ async def download(net: Net, path: Path, *, backend: str = "afpacket"
                 async with open_stack(link, ephemeral_ports=link.ports) as stack:
                     stream = await stack.open_tcp_stream(net.server_addr, HTTP_PORT)
                     assert stream.local[1] in PORTS
-                    http = h11.Connection(h11.CLIENT)
-                    request = h11.Request(method="GET", target=f"/{path.name}",
-                                          headers=[("Host", net.server_addr)])
                     started = time.perf_counter()
-                    await stream.send_all(http.send(request) + http.send(h11.EndOfMessage()))
-                    sha, length, status = hashlib.sha256(), 0, 0
-                    while True:
-                        event = http.next_event()
-                        if event is h11.NEED_DATA:
-                            http.receive_data(await stream.receive_some(1 << 20))
-                        elif isinstance(event, h11.Response):
-                            status = event.status_code
-                        elif isinstance(event, h11.Data):
-                            sha.update(event.data)
-                            length += len(event.data)
-                        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                            break
+                    sha = hashlib.sha256()
+                    response = await http_get(stream, Url(net.server_addr, HTTP_PORT, f"/{path.name}"),
+                                              sha.update)
+                    status, length = response.status, response.body_bytes
                     elapsed = time.perf_counter() - started
                     await stream.aclose()
                     info = stream.info()

@@ -27,6 +27,7 @@ import pytest
 import trio
 
 from tcpstack.api import Stack, open_stack
+from tcpstack.http import Url, http_get
 from tcpstack.links.tun import TunLink
 from testbeds import netns
 from testbeds.netns import entered, root_skip_reason
@@ -95,24 +96,10 @@ async def test_stack_downloads_50mb_from_kernel_http_server(
         with trio.fail_after(DEADLINE):
             async with link, open_stack(link) as stack:
                 stream = await stack.open_tcp_stream(net.server_addr, HTTP_PORT)
-                http = h11.Connection(h11.CLIENT)
-                request = h11.Request(method="GET", target=f"/{path.name}",
-                                      headers=[("Host", net.server_addr)])
-                await stream.send_all(http.send(request) + http.send(h11.EndOfMessage()))
                 sha = hashlib.sha256()
-                length = 0
-                status = 0
-                while True:
-                    event = http.next_event()
-                    if event is h11.NEED_DATA:
-                        http.receive_data(await stream.receive_some(1 << 20))
-                    elif isinstance(event, h11.Response):
-                        status = event.status_code
-                    elif isinstance(event, h11.Data):
-                        sha.update(event.data)
-                        length += len(event.data)
-                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                        break
+                response = await http_get(stream, Url(net.server_addr, HTTP_PORT, f"/{path.name}"),
+                                          sha.update)
+                status, length = response.status, response.body_bytes
                 await stream.aclose()
                 info = stream.info()
         assert status == 200
