@@ -13,9 +13,14 @@ in one node's :class:`~overlay.linkstate.LinkStateDatabase`. Then, best of ``rep
   path to every destination (``Router.best_all``): the single-source search plus building each
   destination's path and its :class:`~overlay.routing.PathMetrics`;
 * ``total``: graph update + routes for that policy, i.e. what a node pays when an LSA arrives
-  (wall clock; ``total cpu`` is the same in process CPU time, less distorted on a busy machine);
+  (wall clock; ``total cpu`` is the same in process CPU time, less distorted on a busy machine;
+  ``bar`` judges the wall figure, ``bar cpu`` the CPU one);
 * ``candidates``: then ``Router.candidates`` for one destination (best, ``alternates`` = 2 more,
-  one-hop detours via each neighbour; the count in brackets), the first call after a change.
+  one-hop detours via each neighbour; the count in brackets), the first call after a change,
+  wall clock and (``cand. cpu``) CPU time.
+
+Every figure is the best of ``repeat`` runs; on a shared machine raise ``--repeat`` and read the
+CPU columns beside the load average printed in the header.
 
 Part 2, forwarding (:func:`forwarding_rate`): reliable messages through a 3-hop overlay path
 (4 stacks and overlay nodes in one process on the emulated testbed), under trio's MockClock and
@@ -145,13 +150,14 @@ def route_recomputation(
         # Then one destination's candidates on top (alternates and one-hop detours, the first
         # call after a change: it builds the detour searches from every neighbour).
         dst = f"n{nodes // 2}"
-        cand_s = float("inf")
+        cand_s = cand_cpu = float("inf")
         for _ in range(repeat):
             router = Router("n0", settings)
             router.update(graph)
             router.best_all(policy)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             n_cands = len(router.candidates(dst, policy))
+            cand_cpu = min(cand_cpu, time.process_time() - c0)
             cand_s = min(cand_s, time.perf_counter() - t0)
         rows.append(
             (
@@ -164,7 +170,9 @@ def route_recomputation(
                 f"{total * 1e3:.1f}",
                 f"{(graph_cpu + route_cpu) * 1e3:.1f}",
                 "met" if total <= 0.050 else "NOT met",
+                "met" if graph_cpu + route_cpu <= 0.050 else "NOT met",
                 f"{cand_s * 1e3:.1f} ({n_cands})",
+                f"{cand_cpu * 1e3:.1f}",
             )
         )
     return rows, notes
@@ -344,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         "total",
         "total cpu",
         "bar",
+        "bar cpu",
         "candidates (n)",
+        "cand. cpu",
     )
     if "route" in parts:
         print()

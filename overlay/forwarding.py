@@ -43,7 +43,7 @@ import attrs
 
 from overlay.config import RoutingSettings
 from overlay.messages import Data, DataAck
-from overlay.routing import POLICIES, PathMetrics, PathSelector, Router
+from overlay.routing import POLICIES, PathMetrics, PathSelector, Router, beats
 from overlay.types import PathChange
 
 __all__ = [
@@ -367,7 +367,7 @@ class RouteTable:
     def _select(self, dst: str, policy: str, route: _Route, now: float) -> PathChange | None:
         old = route.current
         current = self.router.evaluate(old.path) if old is not None else None
-        candidates = self.router.candidates(dst, policy, self.settings.alternates)
+        candidates = self._candidates(dst, policy, route, current)
         chosen = route.selector.choose(current, candidates, policy, now)
         route.current = chosen
         old_path = None if old is None else old.path
@@ -384,6 +384,24 @@ class RouteTable:
             reason = "better"
         self.flows.repin(dst, policy, new_path)
         return PathChange(dst, policy, old_path, new_path, now, reason)
+
+    def _candidates(
+        self, dst: str, policy: str, route: _Route, current: PathMetrics | None
+    ) -> list[PathMetrics]:
+        """What the selector must see to decide. While the current path is up and the best
+        path does not beat it by the margin, no candidate does (the best has the least cost of
+        them all, and :func:`~overlay.routing.beats` compares costs), so the selector keeps the
+        current path and forgets its challengers whatever else is offered: then the best path
+        alone is enough, and the alternates and detours (k + degree more searches) are only
+        computed for destinations whose path may actually change."""
+        if current is not None and current.path == route.selector.path:
+            best = self.router.best(dst, policy)
+            if best is not None and (
+                best.path == current.path
+                or not beats(best, current, policy, self.settings.margin, self.router.weights)
+            ):
+                return [best]
+        return self.router.candidates(dst, policy, self.settings.alternates)
 
     def flow_path(
         self, dst: str, policy: str, flow: int, now: float,

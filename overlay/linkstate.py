@@ -14,7 +14,10 @@ overlay's messages are simpler:
   holds LSAs from our previous life. We jump our sequence number past it and re-originate at
   once, so the stale copy is displaced instead of blocking us until it ages out.
 * Ageing: LSAs carry no age field on the wire, so age is local (time since we installed the
-  copy). An originator re-originates every ``lsa_refresh`` seconds even if nothing changed;
+  copy). An originator re-originates every ``lsa_refresh`` seconds even if nothing changed
+  (its first refresh ``refresh_advance`` early: nodes started together would otherwise refresh
+  together forever, one network-wide burst of every origin's LSA per ``lsa_refresh``, where
+  IS-IS jitters its LSP refresh for the same reason);
   copies older than ``lsa_max_age`` are purged. A purged origin leaves a tombstone for another
   ``lsa_max_age`` so a neighbour still holding the old copy cannot resurrect it: only a
   strictly newer sequence number is accepted.
@@ -62,6 +65,7 @@ __all__ = [
     "LsdbStats",
     "Received",
     "Rejection",
+    "bad_news",
     "significant_change",
     "validate_lsa",
 ]
@@ -116,6 +120,8 @@ class _Entry:
 
 
 def _finite_nonneg(x: object) -> bool:
+    if type(x) is float:  # the common case, decoded from the wire; NaN fails the comparison
+        return 0.0 <= x < math.inf
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
 
 
@@ -164,6 +170,7 @@ class LinkStateDatabase:
         max_lsas: int = DEFAULT_MAX_LSAS,
         max_links: int = DEFAULT_MAX_LINKS,
         seq_start: int = 0,
+        refresh_advance: float = 0.0,
     ) -> None:
         if not isinstance(self_id, str) or not 0 < len(self_id) <= MAX_NODE_ID:
             raise ValueError(f"self_id must be a non-empty string of at most {MAX_NODE_ID} chars")
@@ -171,6 +178,8 @@ class LinkStateDatabase:
             raise ValueError("max_lsas and max_links must be at least 1")
         if not 0 <= seq_start < MAX_SEQ:
             raise ValueError("seq_start must be in [0, 2**64 - 1)")
+        if not 0 <= refresh_advance < settings.lsa_refresh:
+            raise ValueError("refresh_advance must be in [0, lsa_refresh)")
         self.self_id = self_id
         self.settings = settings
         self.max_lsas = max_lsas
@@ -183,6 +192,7 @@ class LinkStateDatabase:
         # lsa_max_age was installed before and still present lsa_max_age ago, all at once.
         self._tombstones: dict[str, tuple[int, float]] = {}
         self._last_originated: float | None = None
+        self._refresh_advance = refresh_advance  # until the first refresh (module docstring)
         self._must_reoriginate = False
         self._up: dict[str, dict[str, LinkAdvert]] = {}  # origin -> neighbour -> advert, up only
         self._graph: nx.DiGraph | None = None
@@ -227,17 +237,22 @@ class LinkStateDatabase:
         if own is None or self._must_reoriginate or self._last_originated is None:
             return now
         last = self._last_originated
-        if _bad_news(own.links, links):
+        if bad_news(own.links, links):
             return now
         if _good_news(own.links, links, self.settings.change_threshold):
             return max(now, last + self.settings.lsa_interval)
-        return max(now, last + self.settings.lsa_refresh)
+        return max(now, last + self.settings.lsa_refresh - self._refresh_advance)
 
     def maybe_originate(self, links: Sequence[LinkAdvert], now: float) -> Lsa | None:
         """Originate if the rules in the module docstring say so; None otherwise."""
-        if self.origination_due(links, now) <= now:
-            return self.originate(links, now)
-        return None
+        if self.origination_due(links, now) > now:
+            return None
+        own = self.own
+        if (own is not None and not self._must_reoriginate
+                and not bad_news(own.links, links)
+                and not _good_news(own.links, links, self.settings.change_threshold)):
+            self._refresh_advance = 0.0  # a refresh: from now on every lsa_refresh
+        return self.originate(links, now)
 
     # -- reception ---------------------------------------------------------------------------
 
@@ -247,13 +262,18 @@ class LinkStateDatabase:
 
     def receive_lsa(self, lsa: Lsa, now: float) -> Received:
         """Apply the flooding rules to a received LSA; see :class:`Received`."""
+        current = self._entries.get(lsa.origin)
+        if current is not None and lsa is current.lsa:
+            # The very object we validated and installed (flooded copies decode to one object,
+            # see overlay.messages): the common duplicate, without validating it again.
+            self.stats.duplicates += 1
+            return Received.DUPLICATE
         why = validate_lsa(lsa, self.max_links)
         if why is not None:
             self.stats.reject(why)
             return Received.REJECTED
         if lsa.origin == self.self_id:
             return self._receive_own(lsa)
-        current = self._entries.get(lsa.origin)
         if current is not None:
             if lsa.seq == current.lsa.seq:
                 self.stats.duplicates += 1
@@ -357,25 +377,36 @@ class LinkStateDatabase:
         g = self._graph
         for origin in origins:
             entry = self._entries.get(origin)
-            if entry is None:
-                self._up.pop(origin, None)
-            else:
-                self._up[origin] = {adv.neighbour: adv for adv in entry.lsa.links if adv.up}
+            old = self._up.pop(origin, {})
+            new = {} if entry is None else {adv.neighbour: adv for adv in entry.lsa.links if adv.up}
+            if entry is not None:
+                self._up[origin] = new
             if g is None:
                 continue
-            if origin in g:
-                # Both directions depend on this origin's LSA (the two-way check).
-                g.remove_edges_from([*g.out_edges(origin), *g.in_edges(origin)])
             if entry is None:
                 if origin in g:
-                    g.remove_node(origin)
+                    g.remove_node(origin)  # and every edge at it
                 continue
-            g.add_node(origin)
-            for nbr, adv in self._up[origin].items():
+            if origin not in g:
+                g.add_node(origin)
+            # Only this origin's two-way edges can change, and only where its adverts did: an
+            # LSA re-originated with most links as they were touches few edges (the data dicts
+            # of the others are updated in place).
+            succ = g.succ[origin]
+            for nbr in old.keys() - new.keys():
+                if nbr in succ:
+                    g.remove_edge(origin, nbr)
+                    g.remove_edge(nbr, origin)
+            for nbr, adv in new.items():
                 back = self._up.get(nbr, {}).get(origin)
-                if back is not None:
+                if back is None:
+                    continue  # not two-way (yet): no edge either way
+                data = succ.get(nbr)
+                if data is None:
                     g.add_edge(origin, nbr, **_edge_attrs(adv))
                     g.add_edge(nbr, origin, **_edge_attrs(back))
+                elif old.get(nbr) != adv:
+                    data.update(_edge_attrs(adv))
         if g is not None:
             g.graph["version"] = self.version
 
@@ -389,8 +420,9 @@ def _edge_attrs(adv: LinkAdvert) -> dict[str, float | bool]:
     }
 
 
-def _bad_news(old: Sequence[LinkAdvert], new: Sequence[LinkAdvert]) -> bool:
-    """A link advertised up in ``old`` is down or missing in ``new``."""
+def bad_news(old: Sequence[LinkAdvert], new: Sequence[LinkAdvert]) -> bool:
+    """A link advertised up in ``old`` is down or missing in ``new`` (originated at once, and
+    flooded without pacing)."""
     now_up = {adv.neighbour for adv in new if adv.up}
     return any(adv.up and adv.neighbour not in now_up for adv in old)
 

@@ -282,20 +282,40 @@ def _encode_body(msg: Message) -> tuple[int, bytes]:
             raise ValueError(f"Probe.rtt must be a finite number >= 0, got {rtt!r}")
         return MsgType.PROBE, _PROBE.pack(msg.nonce, msg.sent, rtt)
     if type(msg) is Lsa:
+        cached = _LSA_BODIES.get(id(msg))
+        if cached is not None and cached[0] is msg:
+            return MsgType.LSA, cached[1]
         if len(msg.links) > 0xFFFF:
             raise ValueError(f"an Lsa carries at most 65535 links, got {len(msg.links)}")
-        return MsgType.LSA, b"".join(
+        body = b"".join(
             (
                 _str(msg.origin, "Lsa.origin"),
                 _LSA_MID.pack(msg.seq, len(msg.links)),
                 *(_advert(link) for link in msg.links),
             )
         )
+        _remember_lsa(msg, body)
+        return MsgType.LSA, body
     if type(msg) is Hello:
         return MsgType.HELLO, _str(msg.node_id, "Hello.node_id") + _HELLO_TAIL.pack(
             msg.listen_port, msg.boot
         )
     raise ValueError(f"not an overlay message: {msg!r}")
+
+
+# A flooded LSA is the same body on every link: a node receives each instance once per
+# neighbour and sends it to all but one, and relays pass the object on unchanged. So LSA bodies
+# are decoded once per distinct body and encoded once per object (bounded; the identity cache
+# holds the object, so its id cannot be reused while the entry lives). Lsa is immutable.
+_LSA_CACHE_MAX = 4096
+_LSAS: dict[bytes, Lsa] = {}  # body -> the Lsa it decodes to
+_LSA_BODIES: dict[int, tuple[Lsa, bytes]] = {}  # id(lsa) -> (lsa, its body)
+
+
+def _remember_lsa(lsa: Lsa, body: bytes) -> None:
+    if len(_LSA_BODIES) >= _LSA_CACHE_MAX:
+        _LSA_BODIES.clear()
+    _LSA_BODIES[id(lsa)] = (lsa, body)
 
 
 # -- body decoding --------------------------------------------------------------------------------
@@ -350,18 +370,15 @@ def _decode_body(kind: int, body: bytes) -> Message:
             raise _Malformed("probe time is not finite")
         msg = ProbeReply(nonce, sent)
     elif kind == _LSA:
-        (origin,), pos = _strings(body, 0, 1)
-        seq, count = _LSA_MID.unpack_from(body, pos)
-        pos += _LSA_MID.size
-        links = []
-        for _ in range(count):
-            (neighbour,), pos = _strings(body, pos, 1)
-            latency, loss, throughput, up = _ADVERT_TAIL.unpack_from(body, pos)
-            pos += _ADVERT_TAIL.size
-            if not (latency >= 0 and throughput >= 0 and 0.0 <= loss <= 1.0 and up <= 1):
-                raise _Malformed(f"LinkAdvert to {neighbour!r} out of range")
-            links.append(LinkAdvert(neighbour, latency, loss, throughput, bool(up)))
-        msg = Lsa(origin, seq, tuple(links))
+        cached = _LSAS.get(body)
+        if cached is not None:
+            return cached
+        msg = _decode_lsa(body)
+        if len(_LSAS) >= _LSA_CACHE_MAX:
+            _LSAS.clear()
+        _LSAS[body] = msg
+        _remember_lsa(msg, body)
+        return msg
     elif kind == _HELLO:
         (node_id,), pos = _strings(body, 0, 1)
         port, boot = _HELLO_TAIL.unpack_from(body, pos)
@@ -372,6 +389,23 @@ def _decode_body(kind: int, body: bytes) -> Message:
     if pos != len(body):
         raise _Malformed(f"{len(body) - pos} trailing bytes")
     return msg
+
+
+def _decode_lsa(body: bytes) -> Lsa:
+    (origin,), pos = _strings(body, 0, 1)
+    seq, count = _LSA_MID.unpack_from(body, pos)
+    pos += _LSA_MID.size
+    links = []
+    for _ in range(count):
+        (neighbour,), pos = _strings(body, pos, 1)
+        latency, loss, throughput, up = _ADVERT_TAIL.unpack_from(body, pos)
+        pos += _ADVERT_TAIL.size
+        if not (latency >= 0 and throughput >= 0 and 0.0 <= loss <= 1.0 and up <= 1):
+            raise _Malformed(f"LinkAdvert to {neighbour!r} out of range")
+        links.append(LinkAdvert(neighbour, latency, loss, throughput, bool(up)))
+    if pos != len(body):
+        raise _Malformed(f"{len(body) - pos} trailing bytes")
+    return Lsa(origin, seq, tuple(links))
 
 
 _KINDS = frozenset(int(k) for k in MsgType)

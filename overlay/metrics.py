@@ -58,24 +58,56 @@ Loss (fraction)
     ``sent_i = retrans_i`` and drives the loss toward 1.
 
 Throughput (bytes/s)
-    ``throughput = min(D, B_pftk)``, the terms that are known (``0.0`` if neither is):
+    ``throughput = min(D, B)``, the terms that are known (``0.0`` if neither is):
 
     * ``D``, delivery rate: the latest ``tcpi_delivery_rate`` sample that was not
       application-limited. An app-limited sample only measures how much the application offered,
       so it is ignored, except that one *above* ``D`` raises it (it is a lower bound on what the
       path can carry: draft-cheng-iccrg-delivery-rate-estimation; Linux BBR's bandwidth filter
-      takes app-limited samples only when they reach its current maximum, the same rule). Kept across reconnects: it describes the path, not the connection.
-    * ``B_pftk``, the TCP throughput the path's loss and RTT allow, Padhye, Firoiu, Towsley and
-      Kurose, "Modeling TCP Throughput: A Simple Model and its Empirical Validation", SIGCOMM
-      1998, the paper's approximate closed form, in packets/s, times the MSS::
+      takes app-limited samples only when they reach its current maximum, the same rule). Kept
+      across reconnects: it describes the path, not the connection.
+    * ``B``, the throughput the link's congestion control sustains at the measured loss and RTT:
+      the closed form of Padhye, Firoiu, Towsley and Kurose, "Modeling TCP Throughput: A Simple
+      Model and its Empirical Validation", SIGCOMM 1998 (PFTK), in packets/s times the MSS,
+      with its congestion-avoidance term written for the link's actual congestion control::
 
-        B(p) = min( Wmax / RTT,
-                    1 / ( RTT * sqrt(2*b*p/3)
-                          + T0 * min(1, 3*sqrt(3*b*p/8)) * p * (1 + 32*p**2) ) )
+        B = min( Wmax / RTT,
+                 1 / ( RTT / W  +  T0 * min(1, 3 / Wpeak) * p * (1 + 32*p**2) ) )
 
-      with ``p = loss`` (floored), ``RTT = latency``, ``T0 = tcpi_rto``, ``b = 2`` packets
-      acknowledged per ACK (delayed ACKs), ``Wmax = snd_wnd / snd_mss`` (the peer's window) and
+      ``W`` is the congestion control's average window (packets) at loss event rate ``p``,
+      ``Wpeak = 2 W / (1 + beta)`` the window at a loss (the top of a sawtooth that falls to
+      ``beta * Wpeak``; exact for an AIMD's linear sawtooth, close for CUBIC's curve), and
+      ``min(1, 3 / Wpeak)`` PFTK's probability that a loss ends in a timeout (fewer than three
+      segments behind it to raise duplicate ACKs). Per algorithm:
+
+      - ``newreno`` (AIMD 1, 1/2): ``W = sqrt(3 / (2 b p))``; then ``RTT / W = RTT sqrt(2bp/3)``
+        and ``3 / Wpeak = 3 sqrt(3bp/8)``: exactly the paper's formula
+        (:func:`pftk_throughput`).
+      - ``cubic`` (RFC 9438, ``C = 0.4``, ``beta = 0.7``; tcpstack's and Linux's default): as
+        RFC 9438 section 5.1 and Linux do, the larger of CUBIC's own average window,
+        ``W_cubic = (C (3 + beta) / (4 (1 - beta)))**(1/4) * (RTT / p)**(3/4)`` (RTT in s;
+        window growth is a function of time, so ACK frequency does not enter), and the
+        Reno-friendly estimate of section 4.3, an AIMD with ``alpha = 3 (1 - beta) / (1 + beta)``
+        per RTT whose average window is ``W_est = sqrt(alpha (1 + beta) / (2 (1 - beta) b p))
+        = sqrt(3 / (2 b p))``.
+
+      with ``p = loss`` (floored), ``RTT = latency``, ``T0 = tcpi_rto``, ``b`` (below),
+      ``Wmax = snd_wnd / snd_mss`` (the peer's window) and
       ``MSS = snd_mss``. With ``p = 0`` only the window term remains (``inf`` without one).
+      The algorithm is the one the snapshot names (``TCPInfo.congestion``; Linux's ``reno`` is
+      ``newreno``); before a snapshot names a known one, the estimator's ``congestion`` (default
+      ``cubic``, the stack's default). ``b`` is the estimator's ``segments_per_ack``, default 1:
+      the paper's ``b`` is how many segments one window increment of ``1/W`` takes, ``2`` for
+      a receiver with delayed ACKs and a sender that grows per ACK. Overlay peer links keep
+      ``TCP_QUICKACK`` on at both ends, so every segment is acknowledged, and tcpstack (like
+      Linux) grows the window by acknowledged bytes in congestion avoidance (RFC 3465 section
+      2.1), not per ACK; either alone makes ``b = 1``. ``b = 2`` would under-state such a link
+      by ``sqrt(2)`` in the window term.
+
+      ``B`` is a long-run figure, the rate of a bulk transfer in congestion avoidance. A short
+      transfer on a lossy link can go several times faster: it starts in slow start and may
+      see no loss at all (what ``D`` measures then), so for short transfers the throughput
+      under-states such a link.
 
 Availability
     ``up`` is true between ``set_up(True)`` and ``set_up(False)`` (or a snapshot in state CLOSED),
@@ -117,14 +149,74 @@ from overlay.messages import LinkAdvert
 from tcpstack.tcp.info import TCPInfo
 
 __all__ = [
+    "CONGESTION_CONTROLS",
     "LinkEstimator",
     "LinkQuality",
+    "average_window",
     "pftk_throughput",
+    "tcp_throughput",
 ]
 
 _U32_MAX = 0xFFFF_FFFF
 _TCP_CLOSED = 7  # Linux TCP_CLOSE (include/net/tcp_states.h): reset or timed out
 _PROBE_GAIN = 1 / 8  # RFC 6298 alpha
+CUBIC_C = 0.4  # RFC 9438's C (segments/s^3), as Linux
+CUBIC_BETA = 0.7  # RFC 9438's beta_cubic, as Linux
+RENO_BETA = 0.5  # RFC 5681 section 3.1 (ssthresh = FlightSize / 2)
+#: congestion controls whose response function :func:`average_window` knows.
+CONGESTION_CONTROLS = ("cubic", "newreno")
+_CONGESTION_ALIASES = {"cubic": "cubic", "newreno": "newreno", "reno": "newreno"}  # Linux: reno
+
+
+def average_window(loss: float, rtt: float, congestion: str = "cubic", b: int = 1) -> float:
+    """Average congestion window (packets) at loss event rate ``loss`` (0 < loss <= 1) and
+    round-trip time ``rtt`` (s), ``b`` segments per ACK (see "Throughput" in the module
+    docstring)."""
+    if not (0.0 < loss <= 1.0 and rtt > 0 and b >= 1):
+        raise ValueError(f"average_window needs 0 < loss <= 1, rtt > 0, b >= 1; got {loss}, {rtt}, {b}")
+    # AIMD average window: sqrt(alpha (1 + beta) / (2 (1 - beta) b p)); both NewReno (1, 1/2)
+    # and CUBIC's Reno-friendly region (3 (1 - beta) / (1 + beta), beta) reduce to this.
+    w_reno = math.sqrt(3.0 / (2.0 * b * loss))
+    if congestion == "newreno":
+        return w_reno
+    if congestion == "cubic":
+        # RFC 9438 section 5.1: Linux runs whichever of the two windows is larger.
+        scale = (CUBIC_C * (3 + CUBIC_BETA) / (4 * (1 - CUBIC_BETA))) ** 0.25
+        return max(w_reno, scale * (rtt / loss) ** 0.75)
+    raise ValueError(f"unknown congestion control {congestion!r}; known: {CONGESTION_CONTROLS}")
+
+
+def tcp_throughput(
+    mss: float,
+    rtt: float,
+    rto: float,
+    loss: float,
+    *,
+    congestion: str = "cubic",
+    b: int = 1,
+    wmax: float | None = None,
+) -> float:
+    """Steady-state throughput (bytes/s) of a TCP running ``congestion`` over a path of loss
+    event rate ``loss``: PFTK's closed form with the algorithm's average window (module
+    docstring, "Throughput"). ``mss`` bytes, ``rtt`` and ``rto`` s, ``b`` segments per ACK,
+    ``wmax`` the receiver window in packets (None: no window limit). ``loss == 0`` gives
+    ``wmax * mss / rtt``, or ``inf`` without a window."""
+    if not (mss > 0 and rtt > 0 and rto >= 0 and 0.0 <= loss <= 1.0 and b >= 1):
+        raise ValueError(
+            f"throughput needs mss > 0, rtt > 0, rto >= 0, 0 <= loss <= 1, b >= 1; "
+            f"got mss={mss}, rtt={rtt}, rto={rto}, loss={loss}, b={b}"
+        )
+    window_limit = math.inf if wmax is None else wmax / rtt
+    if loss == 0.0:
+        if congestion not in CONGESTION_CONTROLS:
+            raise ValueError(f"unknown congestion control {congestion!r}; known: {CONGESTION_CONTROLS}")
+        return window_limit * mss
+    p = loss
+    window = average_window(p, rtt, congestion, b)
+    beta = RENO_BETA if congestion == "newreno" else CUBIC_BETA
+    peak = 2.0 * window / (1.0 + beta)
+    denominator = rtt / window + rto * min(1.0, 3.0 / peak) * p * (1 + 32 * p * p)
+    return min(window_limit, 1.0 / denominator) * mss
 
 
 def pftk_throughput(
@@ -135,24 +227,9 @@ def pftk_throughput(
     b: int = 2,
     wmax: float | None = None,
 ) -> float:
-    """PFTK steady-state TCP throughput in bytes/s (formula in the module docstring).
-
-    ``mss`` bytes, ``rtt`` and ``rto`` s, ``loss`` the loss event probability 0..1, ``b`` packets
-    per ACK, ``wmax`` the receiver window in packets (None: no window limit). ``loss == 0``
-    gives ``wmax * mss / rtt``, or ``inf`` without a window."""
-    if not (mss > 0 and rtt > 0 and rto >= 0 and 0.0 <= loss <= 1.0 and b >= 1):
-        raise ValueError(
-            f"pftk_throughput needs mss > 0, rtt > 0, rto >= 0, 0 <= loss <= 1, b >= 1; "
-            f"got mss={mss}, rtt={rtt}, rto={rto}, loss={loss}, b={b}"
-        )
-    window_limit = math.inf if wmax is None else wmax / rtt
-    if loss == 0.0:
-        return window_limit * mss
-    p = loss
-    denominator = rtt * math.sqrt(2 * b * p / 3) + rto * min(
-        1.0, 3 * math.sqrt(3 * b * p / 8)
-    ) * p * (1 + 32 * p * p)
-    return min(window_limit, 1.0 / denominator) * mss
+    """The PFTK paper's formula as published (NewReno, ``b = 2`` by default) in bytes/s: the
+    ``newreno`` case of :func:`tcp_throughput`."""
+    return tcp_throughput(mss, rtt, rto, loss, congestion="newreno", b=b, wmax=wmax)
 
 
 @attrs.frozen(slots=True)
@@ -173,9 +250,25 @@ class LinkQuality:
 class LinkEstimator:
     """Measures one peer link; see the module docstring for every formula."""
 
-    def __init__(self, peer: str, settings: MetricSettings) -> None:
+    def __init__(
+        self,
+        peer: str,
+        settings: MetricSettings,
+        *,
+        congestion: str = "cubic",
+        segments_per_ack: int = 1,
+    ) -> None:
+        if congestion not in CONGESTION_CONTROLS:
+            raise ValueError(
+                f"unknown congestion control {congestion!r}; known: {CONGESTION_CONTROLS}"
+            )
+        if segments_per_ack < 1:
+            raise ValueError(f"segments_per_ack must be >= 1, got {segments_per_ack}")
         self.peer = peer
         self.settings = settings
+        #: the link's congestion control and ACK ratio (see "Throughput" in the module docstring)
+        self.congestion = congestion
+        self.segments_per_ack = segments_per_ack
         self._up = False
         self.changed_at: float | None = None  # when up/down last changed
         self._last_heard: float | None = None
@@ -273,6 +366,7 @@ class LinkEstimator:
                 self._delivery_rate = rate
         if info.rto > 0:
             self._rto = info.rto / 1e6
+        self.congestion = _CONGESTION_ALIASES.get(info.congestion, self.congestion)
         self._mss = info.snd_mss
         self._snd_wnd = info.snd_wnd
 
@@ -376,7 +470,12 @@ class LinkEstimator:
         rtt = self.latency(now)
         if self._mss > 0 and 0 < rtt < math.inf and self._rto is not None:
             wmax = self._snd_wnd / self._mss if self._snd_wnd > 0 else None
-            terms.append(pftk_throughput(self._mss, rtt, self._rto, self.loss(), 2, wmax))
+            terms.append(
+                tcp_throughput(
+                    self._mss, rtt, self._rto, self.loss(),
+                    congestion=self.congestion, b=self.segments_per_ack, wmax=wmax,
+                )
+            )
         return min(terms) if terms else 0.0
 
     def quality(self, now: float) -> LinkQuality:

@@ -16,6 +16,12 @@ moved significantly from what our LSA says (:func:`overlay.linkstate.significant
 same test that decides origination); otherwise the task wakes every ``lsa_interval`` for
 ageing and the ``lsa_refresh``.
 
+Flooding. LSAs go out through each link's paced LSA queue (see "Flood pacing" in
+:mod:`overlay.peerlink`): bad news at once, anything else within ``FLOOD_PACING`` together with
+whatever else is waiting. Until one of our LSAs has advertised a link up, ours says nothing a
+router can use (a node with no links is unreachable either way), so it is not flooded: after a
+start the first LSA the network sees from us is the one with our links in it.
+
 Routes. Remote changes arrive as LSAs; recomputation waits ``SPF_DELAY`` for the rest of a
 flood's burst (as OSPF's SPF delay does), and then runs every ``ROUTE_TICK`` for as long as a
 hysteresis hold can still be running: until ``hold_time`` + one tick after the last change of
@@ -51,7 +57,7 @@ from overlay.forwarding import (
     check_route,
     reverse_ack,
 )
-from overlay.linkstate import LinkStateDatabase, Received, significant_change
+from overlay.linkstate import LinkStateDatabase, Received, bad_news, significant_change
 from overlay.messages import Data, DataAck, LinkAdvert, Lsa, Message, Probe, ProbeReply
 from overlay.metrics import LinkEstimator, LinkQuality
 from overlay.peerlink import LinkClosed, PeerLink, PeerLinks
@@ -137,7 +143,13 @@ class OverlayNode:
         }
         self.links = PeerLinks(self, stack, config, self._rng, boot)
         self._up: set[str] = set()
-        self.lsdb = LinkStateDatabase(self.node_id, config.routing)
+        # A random phase for the refresh (see overlay.linkstate), from the boot value so the
+        # rest of the seeded sequence (message ids, nonces, backoff) stays as it was.
+        refresh_advance = random.Random(boot).uniform(0.0, config.routing.lsa_refresh / 2)
+        self.lsdb = LinkStateDatabase(
+            self.node_id, config.routing, refresh_advance=refresh_advance
+        )
+        self._announced = False  # an LSA of ours with a link up has been flooded
         self.router = Router(self.node_id, config.routing)
         self._graph_version = -1
         self._hold_until = -math.inf  # route ticks matter until then (see the docstring)
@@ -288,7 +300,8 @@ class OverlayNode:
     def link_opened(self, link: PeerLink, now: float) -> None:
         self._set_up(link.peer, True, now, "connected")
         for lsa in self.lsdb.lsas():  # database synchronisation
-            self._enqueue(link, lsa, control=True)
+            if lsa.origin != self.node_id or self._announced:
+                self.links.enqueue_lsa(link, lsa, now, urgent=False)
 
     def link_closed(self, link: PeerLink, now: float) -> None:
         self._set_up(link.peer, False, now, link.close_reason or "closed")
@@ -370,21 +383,30 @@ class OverlayNode:
             self._drop(link, "unexpected_hello", now)
 
     def _on_lsa(self, link: PeerLink, lsa: Lsa, now: float) -> None:
+        old = self.lsdb.get(lsa.origin)
         verdict = self.lsdb.receive_lsa(lsa, now)
+        if verdict is Received.REJECTED:
+            self._drop(link, "bad_lsa", now)
+            return
+        link.peer_has(lsa.origin, lsa.seq)  # nothing older of this origin needs to go there
         if verdict is Received.INSTALLED:
-            for other in self.links.links.values():
-                if other is not link:
-                    self._enqueue(other, lsa, control=True)
-                    self.stats.lsas_flooded += 1
+            urgent = old is not None and bad_news(old.links, lsa.links)
+            self.stats.lsas_flooded += self._flood(lsa, now, urgent=urgent, skip=link)
             self._route_kick.set()
         elif verdict is Received.SELF_NEWER:
             self._originate(now, force=True)
         elif verdict is Received.STALE:
             newer = self.lsdb.get(lsa.origin)
             if newer is not None:
-                self._enqueue(link, newer, control=True)
-        elif verdict is Received.REJECTED:
-            self._drop(link, "bad_lsa", now)
+                self.links.enqueue_lsa(link, newer, now, urgent=False)
+
+    def _flood(self, lsa: Lsa, now: float, *, urgent: bool, skip: PeerLink | None = None) -> int:
+        """Queue ``lsa`` on every link but ``skip``; return on how many."""
+        sent = 0
+        for other in self.links.links.values():
+            if other is not skip:
+                sent += self.links.enqueue_lsa(other, lsa, now, urgent=urgent)
+        return sent
 
     def _on_data(self, link: PeerLink, data: Data, now: float) -> None:
         verdict = check_route(data, link.peer, self.node_id)
@@ -464,13 +486,18 @@ class OverlayNode:
 
     def _originate(self, now: float, *, force: bool = False) -> None:
         adverts = self._adverts(now)
+        previous = self.lsdb.own
         lsa = self.lsdb.originate(adverts, now) if force else self.lsdb.maybe_originate(adverts, now)
         if lsa is None:
             return
         self.stats.lsas_originated += 1
-        for link in self.links.links.values():
-            self._enqueue(link, lsa, control=True)
         self._route_kick.set()
+        if not self._announced:
+            if not any(adv.up for adv in lsa.links):
+                return  # nothing to announce yet (see "Flooding" in the module docstring)
+            self._announced = True
+        urgent = previous is not None and bad_news(previous.links, lsa.links)
+        self._flood(lsa, now, urgent=urgent)
 
     async def _lsa_loop(self) -> None:
         while True:

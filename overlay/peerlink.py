@@ -20,6 +20,17 @@ failure with jittered exponential backoff (``reconnect_min * 2**attempt``, cappe
 Tasks per connected link: a reader (frames in, to :meth:`LinkHost.on_frame`), a writer (control
 frames before data, batched up to 64 KiB per send), a sampler, an event watcher and a prober.
 
+Flood pacing. LSAs wait in a per-link queue keyed by origin (:meth:`PeerLink.enqueue_lsa`) for up
+to ``FLOOD_PACING`` before the writer sends them, as OSPF implementations pace flooding (Cisco's
+33 ms): a flood reaches a node over all its links within a few link delays, and every origin
+re-originates at about the same time after a start, so LSAs queued in that window leave in one
+TCP segment instead of one segment (and one ACK) each. The queue is also where flooding saves
+work: a newer LSA of the same origin replaces the queued one (only the newest matters), and an
+LSA the peer sent us itself is taken off the queue to it (:meth:`PeerLink.peer_has`, OSPF's
+implied acknowledgement, RFC 2328 section 13 step (7)(a)): it has that instance already. Bad news
+(an LSA that takes a link down) is never paced: failover elsewhere waits on it. Any frame that
+goes out takes the queued LSAs with it.
+
 Failure detection. The sampler reads ``stream.info()`` every ``sample_interval`` while the link
 carries application traffic, every ``max(sample_interval, probe_interval)`` while it is idle
 (nothing but probes moves between two such reads), and at once when the engine reports recovery
@@ -64,11 +75,13 @@ import trio
 
 from overlay.config import Neighbour, NodeConfig
 from overlay.droplog import RateLimitedLog
+from overlay.linkstate import DEFAULT_MAX_LSAS
 from overlay.messages import (
     Data,
     FrameReader,
     FrameWriter,
     Hello,
+    Lsa,
     Message,
     Probe,
     ReplayGuard,
@@ -99,6 +112,8 @@ MAX_PROBES = 16  # probes awaiting their reply per link
 # without a Probe from the leader.
 FOLLOWER_PATIENCE = 2.0
 WRITE_BATCH = 65536  # bytes of frames joined into one send_all
+FLOOD_PACING = 0.033  # s an LSA that is not bad news may wait for others to share its segment
+LSA_QUEUE_LIMIT = DEFAULT_MAX_LSAS  # origins with an LSA waiting per link (one each at most)
 
 
 class LinkClosed(Exception):
@@ -115,6 +130,8 @@ class PeerLink:
     connected_at: float
     control: collections.deque[Message] = attrs.Factory(collections.deque)
     data: collections.deque[Message] = attrs.Factory(collections.deque)
+    lsas: dict[str, Lsa] = attrs.Factory(dict)  # origin -> newest LSA waiting for the writer
+    flush_at: float = math.inf  # when the waiting LSAs must go out (see "Flood pacing")
     wake: trio.Event = attrs.Factory(trio.Event)
     kick_sampler: trio.Event = attrs.Factory(trio.Event)
     scope: trio.CancelScope | None = None
@@ -138,6 +155,30 @@ class PeerLink:
         queue.append(msg)
         self.wake.set()
         return True
+
+    def enqueue_lsa(self, lsa: Lsa, now: float, *, urgent: bool) -> bool:
+        """Queue ``lsa`` for the peer: at once if ``urgent``, else within ``FLOOD_PACING``.
+        It replaces a queued older LSA of the same origin; False if the queue has no room."""
+        queued = self.lsas.get(lsa.origin)
+        if queued is None:
+            if len(self.lsas) >= LSA_QUEUE_LIMIT:
+                return False
+            self.lsas[lsa.origin] = lsa
+        elif queued.seq < lsa.seq:
+            self.lsas[lsa.origin] = lsa
+        due = now if urgent else now + FLOOD_PACING
+        if due < self.flush_at:
+            self.flush_at = due
+            self.wake.set()
+        return True
+
+    def peer_has(self, origin: str, seq: int) -> None:
+        """The peer sent us ``origin``'s LSA number ``seq``: a queued one no newer is moot."""
+        queued = self.lsas.get(origin)
+        if queued is not None and queued.seq <= seq:
+            del self.lsas[origin]
+            if not self.lsas:
+                self.flush_at = math.inf  # the next LSA sets its own deadline (and wakes us)
 
     def idle(self, now: float, idle_after: float) -> bool:
         return now - self.last_app >= idle_after
@@ -383,14 +424,25 @@ class PeerLinks:
 
     async def _writer_task(self, link: PeerLink) -> None:
         stream = link.stream
+        control, lsas, data = link.control, link.lsas, link.data
         while True:
-            while not link.control and not link.data:
+            while not control and not data:
+                if lsas and link.flush_at <= trio.current_time():
+                    break
                 link.wake = trio.Event()
-                await link.wake.wait()
+                with trio.move_on_at(link.flush_at if lsas else math.inf):
+                    await link.wake.wait()
+            # Urgent control frames, then every waiting LSA (due or not: they ride along),
+            # then data.
             chunks: list[bytes] = []
             size = 0
-            while (link.control or link.data) and size < WRITE_BATCH:
-                msg = link.control.popleft() if link.control else link.data.popleft()
+            while size < WRITE_BATCH and (control or lsas or data):
+                if control:
+                    msg = control.popleft()
+                elif lsas:
+                    msg = lsas.pop(next(iter(lsas)))
+                else:
+                    msg = data.popleft()
                 try:
                     frame = self.writer.encode(msg)
                 except ValueError:
@@ -399,6 +451,8 @@ class PeerLinks:
                 self.count_out(msg, len(frame))
                 chunks.append(frame)
                 size += len(frame)
+            if not lsas:
+                link.flush_at = math.inf
             if chunks:
                 await stream.send_all(b"".join(chunks))
 
@@ -466,6 +520,12 @@ class PeerLinks:
     # ---------------------------------------------------------------- frames and counters
     def enqueue(self, link: PeerLink, msg: Message, *, control: bool) -> bool:
         if link.enqueue(msg, control=control):
+            return True
+        self.stats.drops["queue_full"] += 1
+        return False
+
+    def enqueue_lsa(self, link: PeerLink, lsa: Lsa, now: float, *, urgent: bool) -> bool:
+        if link.enqueue_lsa(lsa, now, urgent=urgent):
             return True
         self.stats.drops["queue_full"] += 1
         return False

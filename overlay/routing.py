@@ -13,12 +13,13 @@ edge throughput (the bottleneck). Policies, each "lower cost is better" except t
     loss costs ~13.8 (a dead-weight, not an infinity). Dijkstra; ties broken by latency.
 ``throughput``
     widest path: maximise the bottleneck; among paths of that (maximal) bottleneck, the one of
-    least latency. First a Dijkstra that maximises min(width) gives every node's bottleneck B.
-    The latency tie-break is not isotone (a prefix of the best path need not be the best path
-    to the intermediate node), so Dijkstra on (width, latency) labels would get it wrong;
-    instead edges are inserted widest first into an incremental Dijkstra on latency, and once
-    every edge at least as wide as B is in, the nodes of bottleneck B read off their paths:
-    exact. (Widest paths are long: ~16 hops on a random 1,000-node, degree-6 overlay.)
+    least latency. The latency tie-break is not isotone (a prefix of the best path need not be
+    the best path to the intermediate node), so Dijkstra on (width, latency) labels would get
+    it wrong; instead edges join an incremental least-latency search in order of falling
+    width, which also finds every node's bottleneck B, and once every edge at least as wide
+    as B is in, the nodes of bottleneck B read off their paths: exact
+    (:func:`overlay.pathsearch.widest`). (Widest paths are long: ~17 hops on a random
+    1,000-node, degree-6 overlay.)
 ``composite``
     the time to move one message across the path, in seconds, per edge::
 
@@ -46,13 +47,25 @@ import itertools
 import math
 from collections.abc import Sequence
 from math import log1p
+from operator import itemgetter
 from typing import Any
 
 import attrs
 import networkx as nx
 
 from overlay.config import RoutingSettings
-from overlay.pathsearch import Adjacency, Edge, Table, dijkstra, walk, widest, widest_to
+from overlay.pathsearch import (
+    LATENCY,
+    WIDTH,
+    Adjacency,
+    Edge,
+    Widest,
+    by_width,
+    dijkstra,
+    walk,
+    widest,
+    widest_to,
+)
 
 __all__ = [
     "COMPOSITE_LOSS_SECONDS",
@@ -76,7 +89,10 @@ COMPOSITE_MESSAGE_BYTES = 65536  # the largest overlay frame
 THROUGHPUT_FLOOR = 1.0  # bytes/s; an edge with no throughput estimate yet is very slow, not absent
 
 _INF = math.inf
-_WEIGHT_COLUMN = {"latency": 0, "loss": 3, "composite": 4}  # Edge column of each additive cost
+# Per usable edge u -> v, an :data:`overlay.pathsearch.Edge`:
+# (v, throughput, latency, 1 - loss, composite cost, u, -ln(1 - loss)).
+# The Edge column each additive policy sums.
+_COST_COLUMN = {"latency": LATENCY, "loss": 6, "composite": 4}
 
 
 def loss_cost(p: float) -> float:
@@ -167,6 +183,11 @@ class Router:
 
     Give it each new graph with :meth:`update`; everything is computed on first use and cached
     until the graph changes. ``max_candidates`` bounds :meth:`candidates`.
+
+    Per graph version the graph is compiled once (:meth:`_compile`): node ids become indices
+    ``0..n-1`` and every usable edge one :data:`~overlay.pathsearch.Edge` tuple holding what
+    every policy needs; all searches (:mod:`overlay.pathsearch`) read those same tuples, so
+    no policy copies the graph again.
     """
 
     def __init__(
@@ -184,11 +205,13 @@ class Router:
         self._reset()
 
     def _reset(self) -> None:
-        self._table: Table | None = None
-        self._adj: dict[str, Adjacency] = {}
-        self._by_width: list[tuple[float, str, str, float]] | None = None
-        self._widest: dict[tuple[str, str | None], dict[str, tuple[str, ...]]] = {}
-        self._preds: dict[tuple[str, str, str | None], dict[str, str]] = {}
+        self._names: list[str] = []
+        self._index: dict[str, int] | None = None  # None: not compiled for this version yet
+        self._out: Adjacency = []  # u -> its usable out-edges
+        self._maps: list[dict[int, Edge]] | None = None  # u -> {v: Edge}, on demand
+        self._by_width: list[Edge] | None = None
+        self._widest: dict[tuple[int, int], dict[int, Widest]] = {}
+        self._preds: dict[tuple[str, int, int], list[int]] = {}
         self._best: dict[str, dict[str, PathMetrics]] = {}
         self._cands: dict[tuple[str, str, int], list[PathMetrics]] = {}
 
@@ -207,26 +230,35 @@ class Router:
 
     # -- per-version tables ------------------------------------------------------------------
 
-    def _edges(self) -> Table:
-        """u -> v -> :data:`Edge` for every usable edge with sane attributes.
+    def _compile(self) -> dict[str, int]:
+        """Index the nodes and tabulate every usable edge with sane attributes, once per
+        graph version; returns the node index (id -> int).
 
         Edges marked down and self-loops are left out, and so are edges whose numbers are
         missing, negative, NaN or infinite (a graph not built by the link-state database may
         hold anything); those are counted in :attr:`ignored_edges`.
         """
-        if self._table is not None:
-            return self._table
-        table: Table = {}
+        if self._index is not None:
+            return self._index
+        # networkx's own algorithms read G._succ: the public edge views cost ~1.5 us per edge.
+        succ = self.graph._succ
+        names = list(succ)
+        index = {u: i for i, u in enumerate(names)}
+        out: Adjacency = []
         ignored = 0
         w_lat, w_loss, w_tp = self.weights
         scale, size = w_loss * COMPOSITE_LOSS_SECONDS, w_tp * COMPOSITE_MESSAGE_BYTES
-        # networkx's own algorithms read G._succ: the public edge views cost ~1.5 us per edge.
-        for u, nbrs in self.graph._succ.items():
-            row: dict[str, Edge] = {}
+        for i, (u, nbrs) in enumerate(succ.items()):
+            row: list[Edge] = []
+            out.append(row)
             for v, d in nbrs.items():
-                if u == v or not d.get("up", True):
+                try:  # subscripts: this loop runs once per edge and version
+                    lat, loss, tp, up = d["latency"], d["loss"], d["throughput"], d["up"]
+                except KeyError:
+                    lat, loss = d.get("latency"), d.get("loss", 0.0)
+                    tp, up = d.get("throughput", 0.0), d.get("up", True)
+                if not up or u == v:
                     continue
-                lat, loss, tp = d.get("latency"), d.get("loss", 0.0), d.get("throughput", 0.0)
                 try:
                     # Chained comparisons reject NaN too; a non-number raises TypeError.
                     sane = 0.0 <= lat < _INF and 0.0 <= loss <= 1.0 and 0.0 <= tp < _INF
@@ -238,52 +270,46 @@ class Router:
                 lc = -log1p(-(loss if loss < LOSS_CLAMP else LOSS_CLAMP))
                 comp = w_lat * lat + scale * lc
                 comp += size / (tp if tp > THROUGHPUT_FLOOR else THROUGHPUT_FLOOR)
-                row[v] = (float(lat), float(loss), float(tp), lc, comp)
-            if row:
-                table[u] = row
-        self._table = table
+                row.append((index[v], tp, lat, 1.0 - loss, comp, i, lc))
+        self._names, self._out = names, out
+        self._index = index
         self.ignored_edges = ignored
-        return table
+        return index
 
-    def _adjacency(self, policy: str) -> Adjacency:
-        adj = self._adj.get(policy)
-        if adj is None:
-            col = _WEIGHT_COLUMN[policy]
-            adj = self._adj[policy] = {
-                u: [(v, e[col], e[0]) for v, e in row.items()] for u, row in self._edges().items()
-            }
-        return adj
+    def _edge_maps(self) -> list[dict[int, Edge]]:
+        """u -> {v: Edge}, for looking edges up by their ends."""
+        if self._maps is None:
+            self._compile()
+            self._maps = [{e[0]: e for e in row} for row in self._out]
+        return self._maps
 
-    def _widths(self) -> list[tuple[float, str, str, float]]:
-        if self._by_width is None:
-            self._by_width = sorted(
-                ((e[2], u, v, e[0]) for u, row in self._edges().items() for v, e in row.items()),
-                reverse=True,
+    def _widest_from(self, source: int, avoid: int = -1) -> dict[int, Widest]:
+        found = self._widest.get((source, avoid))
+        if found is None:
+            self._compile()
+            if self._by_width is None:
+                self._by_width = by_width(self._out)
+            # keep = 1 - loss and extra = composite cost: the metrics come out of the search.
+            found = self._widest[(source, avoid)] = widest(
+                self._out, self._by_width, source, avoid
             )
-        return self._by_width
-
-    def _widest_from(self, source: str, avoid: str | None = None) -> dict[str, tuple[str, ...]]:
-        paths = self._widest.get((source, avoid))
-        if paths is None:
-            paths = self._widest[(source, avoid)] = widest(
-                self._edges(), self._widths(), source, avoid
-            )
-        return paths
+        return found
 
     def _best_path(
-        self, dst: str, policy: str, source: str, avoid: str | None = None
-    ) -> tuple[str, ...] | None:
+        self, dst: int, policy: str, source: int, avoid: int = -1
+    ) -> tuple[int, ...] | None:
         """Best path from ``source`` to ``dst`` not through ``avoid``: one cached single-source
         search per (policy, source, avoid) and graph version."""
         if dst == source:
             return None
         if policy == "throughput":
-            return self._widest_from(source, avoid).get(dst)
+            found = self._widest_from(source, avoid).get(dst)
+            return found[0] if found is not None else None
         key = (policy, source, avoid)
         pred = self._preds.get(key)
         if pred is None:
-            pred = self._preds[key] = dijkstra(self._adjacency(policy), source, avoid)[0]
-        return walk(pred, source, dst) if dst in pred else None
+            pred = self._preds[key] = dijkstra(self._out, source, _COST_COLUMN[policy], avoid)[0]
+        return walk(pred, source, dst) if pred[dst] >= 0 else None
 
     def _best_table(self, policy: str) -> dict[str, PathMetrics]:
         """Best path and its metrics to every destination: one search, one pass."""
@@ -291,39 +317,36 @@ class Router:
         if table is not None:
             return table
         table = {}
-        source = self.self_id
-        if policy == "throughput":
-            edges = self._edges()
-            for dst, path in self._widest_from(source).items():
-                lat, delivered, width, comp = 0.0, 1.0, _INF, 0.0
-                for u, v in zip(path, path[1:], strict=False):
-                    e = edges[u][v]
-                    lat += e[0]
-                    delivered *= 1.0 - e[1]
-                    width = e[2] if e[2] < width else width
-                    comp += e[4]
-                table[dst] = PathMetrics(path, lat, 1.0 - delivered, width, comp)
+        index = self._compile()
+        source = index.get(self.self_id)
+        if source is None:
+            pass  # we are not in the graph: nothing is reachable
+        elif policy == "throughput":
+            names = self._names
+            for v, (ipath, lat, width, delivered, comp) in self._widest_from(source).items():
+                # itemgetter(*ipath) looks the ids up in C: twice as fast as map() here.
+                path = itemgetter(*ipath)(names)  # a tuple: every path has two nodes or more
+                table[names[v]] = PathMetrics(path, lat, 1.0 - delivered, width, comp)
         else:
-            pred, order = dijkstra(self._adjacency(policy), source)
-            self._preds[(policy, source, None)] = pred
+            pred, order, via = dijkstra(self._out, source, _COST_COLUMN[policy])
+            self._preds[(policy, source, -1)] = pred
             # Settle order is a topological order of the tree: aggregate along it.
-            edges = self._edges()
-            agg: dict[str, tuple[tuple[str, ...], float, float, float, float]] = {
-                source: ((source,), 0.0, 1.0, _INF, 0.0)
-            }
+            names = self._names
+            n = len(names)
+            p_path: list[tuple[str, ...]] = [()] * n
+            p_lat, p_del, p_width, p_comp = [0.0] * n, [1.0] * n, [_INF] * n, [0.0] * n
+            p_path[source] = (names[source],)
             for v in order[1:]:
-                u = pred[v]
-                path, lat, delivered, width, comp = agg[u]
-                e = edges[u][v]
-                path, lat, delivered, comp = (
-                    (*path, v),
-                    lat + e[0],
-                    delivered * (1.0 - e[1]),
-                    comp + e[4],
-                )
-                width = e[2] if e[2] < width else width
-                agg[v] = (path, lat, delivered, width, comp)
-                table[v] = PathMetrics(path, lat, 1.0 - delivered, width, comp)
+                e = via[v]
+                assert e is not None  # every settled node but the source has a tree edge
+                u = e[5]
+                path = p_path[v] = (*p_path[u], names[v])
+                lat = p_lat[v] = p_lat[u] + e[2]
+                delivered = p_del[v] = p_del[u] * e[3]
+                w = p_width[u]
+                width = p_width[v] = e[1] if e[1] < w else w
+                comp = p_comp[v] = p_comp[u] + e[4]
+                table[names[v]] = PathMetrics(path, lat, 1.0 - delivered, width, comp)
         self._best[policy] = table
         return table
 
@@ -380,42 +403,50 @@ class Router:
     def _alternates(
         self, dst: str, policy: str, best: PathMetrics, k: int
     ) -> list[tuple[str, ...]]:
+        index = self._compile()
+        source, target = index.get(self.self_id), index.get(dst)
+        if source is None or target is None:
+            return []
+        maps, names, adj = self._edge_maps(), self._names, self._out
         out: list[tuple[str, ...]] = []
-        edges = self._edges()
-        banned: set[tuple[str, str]] = set()
-        path: tuple[str, ...] | None = best.path
+        banned: set[tuple[int, int]] = set()
+        path: tuple[int, ...] | None = tuple(index[u] for u in best.path)
         while path is not None and len(out) < k:
             hops = list(zip(path, path[1:], strict=False))
             if policy == "throughput":
-                narrow = min(edges[u][v][2] for u, v in hops)
-                banned.update((u, v) for u, v in hops if edges[u][v][2] == narrow)
-                path = widest_to(edges, self.self_id, dst, frozenset(banned))
+                narrow = min(maps[u][v][WIDTH] for u, v in hops)
+                banned.update((u, v) for u, v in hops if maps[u][v][WIDTH] == narrow)
+                path = widest_to(adj, source, target, frozenset(banned))
             else:
                 # Both directions: they are one peer link (one TCP connection) and fail together.
                 banned.update(hops)
                 banned.update((v, u) for u, v in hops)
-                pred, _ = dijkstra(
-                    self._adjacency(policy), self.self_id, None, dst, frozenset(banned)
+                pred, _, _ = dijkstra(
+                    adj, source, _COST_COLUMN[policy], -1, target, frozenset(banned)
                 )
-                path = walk(pred, self.self_id, dst) if dst in pred else None
+                path = walk(pred, source, target) if pred[target] >= 0 else None
             if path is not None:
-                out.append(path)
+                out.append(tuple(map(names.__getitem__, path)))
         return out
 
     def _detours(self, dst: str, policy: str) -> list[tuple[str, ...]]:
+        index = self._compile()
+        source, target = index.get(self.self_id), index.get(dst)
+        if source is None or target is None:
+            return []
+        names = self._names
         out: list[tuple[str, ...]] = []
-        edges = self._edges()
-        for n in edges.get(self.self_id, {}):
-            if n == dst:
+        for n in self._edge_maps()[source]:
+            if n == target:
                 out.append((self.self_id, dst))
                 continue
             if policy == "throughput":
                 # A full widest search per neighbour costs ~5 of these: search per destination.
-                tail = widest_to(edges, n, dst, avoid=self.self_id)
+                tail = widest_to(self._out, n, target, avoid=source)
             else:
-                tail = self._best_path(dst, policy, n, avoid=self.self_id)
+                tail = self._best_path(target, policy, n, avoid=source)
             if tail is not None:
-                out.append((self.self_id, *tail))
+                out.append((self.self_id, *map(names.__getitem__, tail)))
         return out
 
     def select(
@@ -433,16 +464,19 @@ class Router:
         path = tuple(path)
         if len(path) < 2 or len(set(path)) != len(path):
             return None
-        edges = self._edges()
+        index, maps = self._compile(), self._edge_maps()
         latency, delivered, width, comp = 0.0, 1.0, _INF, 0.0
-        for u, v in zip(path, path[1:], strict=False):
-            e = edges.get(u, {}).get(v)
+        u = index.get(path[0], -1)
+        for name in path[1:]:
+            v = index.get(name, -1)
+            e = maps[u].get(v) if u >= 0 else None
             if e is None:
                 return None
-            latency += e[0]
-            delivered *= 1.0 - e[1]
-            width = e[2] if e[2] < width else width
+            latency += e[2]
+            delivered *= e[3]
+            width = e[1] if e[1] < width else width
             comp += e[4]
+            u = v
         return PathMetrics(path, latency, 1.0 - delivered, width, comp)
 
 

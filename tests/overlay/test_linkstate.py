@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import math
 import random
+from typing import cast
 
 import networkx as nx
 import pytest
 
+from overlay import linkstate, messages
 from overlay.config import RoutingSettings
 from overlay.linkstate import (
+    DEFAULT_MAX_LINKS,
     LinkStateDatabase,
     Received,
     Rejection,
     significant_change,
     validate_lsa,
 )
-from overlay.messages import LinkAdvert, Lsa
+from overlay.messages import FrameReader, FrameWriter, LinkAdvert, Lsa
 
 S = RoutingSettings(lsa_interval=1.0, lsa_refresh=10.0, lsa_max_age=40.0, change_threshold=0.1)
 
@@ -203,6 +206,24 @@ def test_first_lsa_goes_out_at_once_then_unchanged_waits_for_refresh() -> None:
     assert refreshed is not None and refreshed.seq == 2
 
 
+def test_the_first_refresh_comes_refresh_advance_early_then_every_lsa_refresh() -> None:
+    """Nodes started together get different refresh phases (from their refresh_advance), so
+    their refreshes do not all flood at once; the period stays lsa_refresh."""
+    db = LinkStateDatabase("a", S, refresh_advance=3.0)
+    links = [adv("b")]
+    db.maybe_originate(links, 0.0)
+    db.maybe_originate([adv("b"), adv("c")], 1.0)  # news: the timer restarts, still advanced
+    assert db.origination_due([adv("b"), adv("c")], 1.5) == pytest.approx(8.0)
+    assert db.maybe_originate([adv("b"), adv("c")], 7.99) is None
+    assert db.maybe_originate([adv("b"), adv("c")], 8.0) is not None  # the first refresh
+    assert db.origination_due([adv("b"), adv("c")], 8.5) == pytest.approx(18.0)
+    assert db.maybe_originate([adv("b"), adv("c")], 18.0) is not None
+    assert db.origination_due([adv("b"), adv("c")], 18.5) == pytest.approx(28.0)
+    for bad in (-1.0, 10.0):
+        with pytest.raises(ValueError, match="refresh_advance"):
+            LinkStateDatabase("a", S, refresh_advance=bad)
+
+
 def test_metric_change_below_threshold_is_not_originated() -> None:
     db = LinkStateDatabase("a", S)
     db.maybe_originate([adv("b", latency=0.100, loss=0.05, tp=1e6)], 0.0)
@@ -360,3 +381,52 @@ def test_significant_change_per_link() -> None:
     # 20 ms: 10 % is 2 ms, the floor is 2 ms: a 2.5 ms move counts, 1.9 ms does not.
     assert significant_change(base, adv("b", latency=0.0225, loss=0.001, tp=1e6), 0.1)
     assert not significant_change(base, adv("b", latency=0.0219, loss=0.001, tp=1e6), 0.1)
+
+
+def test_flooded_copies_decode_to_one_object_that_is_a_duplicate_without_revalidation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every neighbour forwards the same LSA body: it decodes once, and the copies after the
+    first are recognised as the installed object itself, without validating it again."""
+    key = b"k" * 32
+    original = lsa("b", 3, adv("a"), adv("c", latency=0.02))
+    reader = FrameReader(key)
+    copies = [
+        cast(Lsa, reader.feed(FrameWriter(key, sender).encode(original))[0][1])
+        for sender in ("c", "d", "e")
+    ]
+    assert all(copy == original for copy in copies)
+    assert copies[1] is copies[0] and copies[2] is copies[0]
+    other = reader.feed(FrameWriter(key, "c").encode(lsa("b", 4, adv("a"))))[0][1]
+    assert other == lsa("b", 4, adv("a")) and other is not copies[0]
+
+    validated: list[Lsa] = []
+
+    def counting(lsa: Lsa, max_links: int = DEFAULT_MAX_LINKS) -> Rejection | None:
+        validated.append(lsa)
+        return validate_lsa(lsa, max_links)
+
+    monkeypatch.setattr(linkstate, "validate_lsa", counting)
+    db = LinkStateDatabase("a", S)
+    assert db.receive_lsa(copies[0], 0.0) is Received.INSTALLED
+    assert db.receive_lsa(copies[1], 0.1) is Received.DUPLICATE
+    assert validated == [copies[0]]
+    # An equal copy that is another object (not from the same body) is checked as before.
+    assert db.receive_lsa(lsa("b", 3, adv("a"), adv("c", latency=0.02)), 0.2) is (
+        Received.DUPLICATE
+    )
+    assert len(validated) == 2
+    assert db.stats.duplicates == 2
+
+
+def test_sending_an_lsa_many_times_encodes_its_body_once() -> None:
+    key = b"k" * 32
+    msg = lsa("b", 3, adv("a"))
+    first = FrameWriter(key, "a").encode(msg)
+    again = FrameWriter(key, "z").encode(msg)
+    head = len(first) - messages.MAC_SIZE
+    body = first[7 + 1 + 8 : head]
+    assert again[7 + 1 + 8 : len(again) - messages.MAC_SIZE] == body
+    assert messages._LSA_BODIES[id(msg)] == (msg, body)
+    # The cached body is the one a fresh encoding gives.
+    assert messages._encode_body(lsa("b", 3, adv("a"))) == (messages.MsgType.LSA, body)

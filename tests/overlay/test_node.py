@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import importlib.util
+import math
+import random
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import Any, cast
 
+import networkx as nx
 import pytest
 import trio
 from overlay_helpers import KEY, PORT, open_overlay, wait_routable
 
-from overlay.messages import VERSION, FrameWriter, Hello
+from overlay import peerlink
+from overlay.config import NodeConfig, RoutingSettings
+from overlay.forwarding import RouteTable
+from overlay.messages import (
+    VERSION,
+    FrameReader,
+    FrameWriter,
+    Hello,
+    LinkAdvert,
+    Lsa,
+    Message,
+    Probe,
+)
 from overlay.node import OverlayNode, Subscription
-from overlay.types import Delivery, LinkChange, OverlayEvent, PathChange
+from overlay.peerlink import FLOOD_PACING, PeerLink, PeerLinks
+from overlay.routing import PathMetrics, Router
+from overlay.types import Delivery, LinkChange, NodeStats, OverlayEvent, PathChange
 
 # a - b direct is the short path; a - c - b the detour.
 TRIANGLE = {("a", "b"): 0.010, ("a", "c"): 0.010, ("b", "c"): 0.010}
@@ -438,3 +456,194 @@ def test_examples_have_help(capsys: pytest.CaptureFixture[str]) -> None:
             _load_example(name).main(["--help"])
         assert exit_info.value.code == 0
         assert "usage:" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ flooding: pacing and queues
+def _lsa(origin: str, seq: int, *up: str) -> Lsa:
+    return Lsa(origin, seq, tuple(LinkAdvert(n, 0.01, 0.001, 1e6, True) for n in up))
+
+
+def _peer_link() -> PeerLink:
+    # The queue logic never touches the stream or the reader.
+    return PeerLink("b", cast(Any, None), cast(Any, None), 0.0)
+
+
+def test_lsa_queue_keeps_the_newest_per_origin_and_drops_what_the_peer_has() -> None:
+    link = _peer_link()
+    assert link.enqueue_lsa(_lsa("x", 2), 0.0, urgent=False)
+    assert link.enqueue_lsa(_lsa("x", 1), 0.0, urgent=False)  # older: the queued one stays
+    assert link.enqueue_lsa(_lsa("y", 5), 0.0, urgent=False)
+    assert link.enqueue_lsa(_lsa("x", 3, "z"), 0.0, urgent=False)  # newer replaces
+    assert link.lsas == {"x": _lsa("x", 3, "z"), "y": _lsa("y", 5)}
+    link.peer_has("x", 2)  # the peer sent us an older one: ours must still go
+    link.peer_has("y", 5)  # the peer has this very instance: implied acknowledgement
+    link.peer_has("q", 9)  # nothing queued: nothing happens
+    assert link.lsas == {"x": _lsa("x", 3, "z")}
+    # Emptied by the peer: the deadline goes with it, so the next LSA wakes the writer.
+    link.peer_has("x", 3)
+    assert link.lsas == {} and link.flush_at == math.inf
+    link.wake = trio.Event()
+    link.enqueue_lsa(_lsa("y", 6), 50.0, urgent=False)
+    assert link.flush_at == pytest.approx(50.0 + FLOOD_PACING) and link.wake.is_set()
+
+
+def test_lsa_queue_paces_good_news_and_sends_bad_news_at_once() -> None:
+    link = _peer_link()
+    link.enqueue_lsa(_lsa("x", 1), 10.0, urgent=False)
+    assert link.flush_at == pytest.approx(10.0 + FLOOD_PACING) and link.wake.is_set()
+    link.wake = trio.Event()
+    link.enqueue_lsa(_lsa("y", 1), 10.01, urgent=False)  # rides with x: no earlier deadline
+    assert link.flush_at == pytest.approx(10.0 + FLOOD_PACING) and not link.wake.is_set()
+    link.enqueue_lsa(_lsa("z", 1), 10.02, urgent=True)
+    assert link.flush_at == 10.02 and link.wake.is_set()
+
+
+def test_lsa_queue_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peerlink, "LSA_QUEUE_LIMIT", 2)
+    link = _peer_link()
+    assert link.enqueue_lsa(_lsa("x", 1), 0.0, urgent=False)
+    assert link.enqueue_lsa(_lsa("y", 1), 0.0, urgent=False)
+    assert not link.enqueue_lsa(_lsa("z", 1), 0.0, urgent=False)
+    assert link.enqueue_lsa(_lsa("x", 2), 0.0, urgent=False)  # a known origin still updates
+    assert set(link.lsas) == {"x", "y"} and link.lsas["x"].seq == 2
+
+
+class _Stream:
+    """Records what the writer sends, and when."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, bytes]] = []
+
+    async def send_all(self, data: bytes) -> None:
+        self.sent.append((trio.current_time(), bytes(data)))
+        await trio.lowlevel.checkpoint()
+
+
+async def test_writer_sends_paced_lsas_together_and_lets_them_ride_with_urgent_frames(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    config = NodeConfig(node_id="a", key=KEY, listen_port=PORT)
+    host = cast(Any, SimpleNamespace(stats=NodeStats()))
+    links = PeerLinks(host, cast(Any, None), config, random.Random(1), 1)
+    stream = _Stream()
+    link = PeerLink("b", cast(Any, stream), cast(Any, None), 0.0)
+    reader = FrameReader(KEY)
+
+    def frames(chunk: bytes) -> list[Message]:
+        return [msg for _, msg in reader.feed(chunk)]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(links._writer_task, link)
+        t0 = trio.current_time()
+        link.enqueue_lsa(_lsa("x", 1), t0, urgent=False)
+        await trio.sleep(0.01)
+        link.enqueue_lsa(_lsa("y", 1), trio.current_time(), urgent=False)
+        await trio.sleep(0.1)
+        # Both went in one send, FLOOD_PACING after the first was queued.
+        ((at, chunk),) = stream.sent
+        assert at == pytest.approx(t0 + FLOOD_PACING)
+        assert frames(chunk) == [_lsa("x", 1), _lsa("y", 1)]
+        # A queued LSA goes out with the next urgent frame, not after its own pacing.
+        t1 = trio.current_time()
+        link.enqueue_lsa(_lsa("x", 2), t1, urgent=False)
+        await trio.sleep(0.005)
+        link.enqueue(Probe(7, 1.0), control=True)
+        await trio.sleep(0.1)
+        at, chunk = stream.sent[1]
+        assert len(stream.sent) == 2 and at == pytest.approx(t1 + 0.005)
+        assert frames(chunk) == [Probe(7, 1.0), _lsa("x", 2)]
+        # Bad news does not wait.
+        t2 = trio.current_time()
+        link.enqueue_lsa(_lsa("x", 3), t2, urgent=True)
+        await trio.sleep(0.1)
+        assert stream.sent[2][0] == t2 and frames(stream.sent[2][1]) == [_lsa("x", 3)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_floods_nothing_until_it_has_a_link_to_announce(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our first LSA (every link still down) is not flooded, nor sent in the database
+    synchronisation: the first one the network sees is the one with links in it."""
+    received: list[Lsa] = []
+    async with open_overlay({("a", "b"): 0.005, ("b", "c"): 0.005}) as ov:
+        for node in ov.nodes.values():
+            def spy(lsa: Lsa, now: float, receive: Any = node.lsdb.receive_lsa) -> Any:
+                received.append(lsa)
+                return receive(lsa, now)
+
+            monkeypatch.setattr(node.lsdb, "receive_lsa", spy)
+        await wait_routable(ov)
+        for node in ov.nodes.values():
+            own = node.lsdb.own
+            assert own is not None and own.seq >= 2  # the empty first one, then links
+    assert {lsa.origin for lsa in received} == {"a", "b", "c"}
+    assert all(any(adv.up for adv in lsa.links) for lsa in received)
+
+
+async def test_flooding_sends_each_lsa_over_a_link_about_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A ring of 6 and a chord: plain flooding would send every LSA both ways over every link
+    but the origin's; the implied acknowledgements (a queued LSA the peer sent us itself is not
+    sent back) save a good part of the second direction."""
+    ring = {(f"n{i}", f"n{(i + 1) % 6}"): 0.005 + 0.003 * i for i in range(6)}
+    ring[("n0", "n3")] = 0.02
+    async with open_overlay(ring) as ov:
+        await wait_routable(ov)
+        await trio.sleep(3.0)
+        nodes = ov.nodes.values()
+        received = sum(n.stats.frames_in["Lsa"] for n in nodes)
+        installed = sum(n.lsdb.stats.installed for n in nodes)
+        originated_and_flooded = installed / (len(ov.nodes) - 1)  # LSAs everyone installed
+        links = len(ring)
+        # Plain flooding sends every LSA both ways over every link but the origin's: 2E - N + 1
+        # copies; the implied acknowledgements stop most of the second direction.
+        plain = originated_and_flooded * (2 * links - len(ov.nodes) + 1)
+        assert received < plain * 0.85
+        assert received >= installed
+
+
+# ------------------------------------------------------------------ route selection cost
+def _square(version: int, via_a: float, via_b: float) -> nx.DiGraph:
+    g = nx.DiGraph(version=version)
+    for (u, v), latency in {("s", "a"): via_a, ("a", "d"): via_a,
+                            ("s", "b"): via_b, ("b", "d"): via_b}.items():
+        for x, y in ((u, v), (v, u)):
+            g.add_edge(x, y, latency=latency, loss=0.001, throughput=1e6, up=True)
+    return g
+
+
+def test_reselect_computes_alternates_only_when_the_path_may_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = RoutingSettings(hold_time=2.0, margin=0.1)
+    router = Router("s", settings)
+    table = RouteTable(router, settings)
+    calls: list[str] = []
+    full = router.candidates
+
+    def spy(dst: str, policy: str, k: int | None = None) -> list[PathMetrics]:
+        calls.append(dst)
+        return full(dst, policy, k)
+
+    monkeypatch.setattr(router, "candidates", spy)
+    router.update(_square(1, 0.01, 0.02))
+    current, change = table.current("d", "latency", 0.0)
+    assert current is not None and current.path == ("s", "a", "d") and calls == ["d"]
+    # The b path gets better, but by less than the margin: nothing can beat the current path,
+    # so no alternates or detours are computed, and the path is kept.
+    router.update(_square(2, 0.02, 0.019))
+    assert table.reselect(1.0) == [] and calls == ["d"]
+    # Now by more than the margin: the candidates are computed, and the switch waits for the
+    # hold time as before.
+    router.update(_square(3, 0.02, 0.01))
+    assert table.reselect(2.0) == [] and calls == ["d", "d"]
+    assert table.reselect(3.0) == []
+    (better,) = table.reselect(4.0)
+    assert better.reason == "better" and better.new == ("s", "b", "d")
+    # The current path breaks: the full candidate list picks the replacement at once.
+    searched = len(calls)
+    router.update(_square(4, 0.02, math.inf))  # an infinite latency is no usable edge
+    (down,) = table.reselect(4.1)
+    assert down.reason == "down" and down.new == ("s", "a", "d") and len(calls) == searched + 1

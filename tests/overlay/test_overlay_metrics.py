@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import attrs
 import pytest
 
 from overlay.config import MetricSettings
 from overlay.linkstate import validate_lsa
 from overlay.messages import LinkAdvert, Lsa
-from overlay.metrics import LinkEstimator, pftk_throughput
+from overlay.metrics import LinkEstimator, average_window, pftk_throughput, tcp_throughput
 from tcpstack.tcp.info import TCPInfo
 
 U32_MAX = 0xFFFF_FFFF
@@ -77,6 +78,77 @@ def test_pftk_without_timeouts_is_the_square_root_law() -> None:
 def test_pftk_rejects_bad_arguments(args: tuple[float, float, float, float]) -> None:
     with pytest.raises(ValueError):
         pftk_throughput(*args)
+
+
+# -- response functions of the congestion controls ----------------------------------------------
+
+
+def test_cubic_average_window_is_the_larger_of_cubic_and_reno_friendly() -> None:
+    # (C (3 + beta) / (4 (1 - beta)))**(1/4) = (0.4 * 3.7 / 1.2)**0.25 = 1.2333**0.25 = 1.053829
+    # RTT 200 ms, p = 1e-4: W_cubic = 1.053829 * 2000**0.75 = 1.053829 * 299.0698 = 315.1684,
+    # W_est = sqrt(3 / 2e-4) = 122.4745: the CUBIC region (long RTT, little loss).
+    assert average_window(1e-4, 0.2) == pytest.approx(315.1684, rel=1e-6)
+    assert average_window(1e-4, 0.2, "newreno") == pytest.approx(122.4745, rel=1e-6)
+    # RTT 50 ms, p = 0.001: W_cubic = 1.053829 * 50**0.75 = 19.815 < W_est = sqrt(1500) = 38.7298:
+    # the Reno-friendly region, where CUBIC sends what Reno would.
+    assert average_window(0.001, 0.05) == pytest.approx(math.sqrt(1500), rel=1e-9)
+    assert average_window(0.001, 0.05) == average_window(0.001, 0.05, "newreno")
+
+
+def test_cubic_throughput_worked_example() -> None:
+    # mss 1460 B, RTT 200 ms, T0 400 ms, p = 1e-4, CUBIC, b = 1: W = 315.1684 (above),
+    #   Wpeak = 2 W / 1.7 = 370.7863, min(1, 3 / Wpeak) = 0.00809091
+    #   RTT / W = 0.2 / 315.1684 = 0.000634581
+    #   T0 term = 0.4 * 0.00809091 * 1e-4 * (1 + 3.2e-7) = 0.000000323637
+    #   B = 1 / 0.000634904 = 1575.0388 packets/s * 1460 = 2 299 556 B/s
+    assert tcp_throughput(1460, 0.2, 0.4, 1e-4) == pytest.approx(2_299_556.3, rel=1e-6)
+    # The paper's NewReno with delayed ACKs says less than half of that on the same path.
+    assert pftk_throughput(1460, 0.2, 0.4, 1e-4) < 0.45 * tcp_throughput(1460, 0.2, 0.4, 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("mss", "rtt", "rto", "loss", "b"),
+    [(1460, 0.1, 0.4, 0.01, 2), (1000, 0.05, 0.2, 0.2, 2), (1448, 0.03, 0.23, 0.003, 1),
+     (536, 0.5, 1.0, 0.9, 3)],
+)
+def test_newreno_is_the_pftk_formula(
+    mss: float, rtt: float, rto: float, loss: float, b: int
+) -> None:
+    # Written out independently of tcp_throughput: the paper's closed form.
+    expected = mss / (
+        rtt * math.sqrt(2 * b * loss / 3)
+        + rto * min(1, 3 * math.sqrt(3 * b * loss / 8)) * loss * (1 + 32 * loss**2)
+    )
+    assert tcp_throughput(mss, rtt, rto, loss, congestion="newreno", b=b) == pytest.approx(
+        expected, rel=1e-12
+    )
+    assert pftk_throughput(mss, rtt, rto, loss, b) == pytest.approx(expected, rel=1e-12)
+
+
+def test_acking_every_segment_raises_the_reno_window_by_sqrt_2() -> None:
+    # Without the timeout term (T0 = 0) the throughput is W / RTT and W ~ 1 / sqrt(b) (at RTT
+    # 20 ms and p = 1% CUBIC is in its Reno-friendly region: W_cubic = 1.77 < W_est = 8.66).
+    for congestion in ("newreno", "cubic"):
+        b1 = tcp_throughput(1460, 0.02, 0.0, 0.01, congestion=congestion, b=1)
+        b2 = tcp_throughput(1460, 0.02, 0.0, 0.01, congestion=congestion, b=2)
+        assert b1 / b2 == pytest.approx(math.sqrt(2), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"congestion": "bbr"}, {"b": 0}, {"congestion": "vegas", "loss": 0.0}],
+)
+def test_tcp_throughput_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
+    args: dict[str, Any] = {"mss": 1460, "rtt": 0.05, "rto": 0.2, "loss": 0.01, **kwargs}
+    with pytest.raises(ValueError):
+        tcp_throughput(**args)
+
+
+def test_estimator_rejects_unknown_congestion_control() -> None:
+    with pytest.raises(ValueError, match="congestion"):
+        LinkEstimator("b", MetricSettings(), congestion="bbr")
+    with pytest.raises(ValueError, match="segments_per_ack"):
+        LinkEstimator("b", MetricSettings(), segments_per_ack=0)
 
 
 # -- loss --------------------------------------------------------------------------------------
@@ -219,7 +291,13 @@ def test_an_unmeasured_link_is_advertised_down_with_finite_numbers() -> None:
 
 # -- throughput --------------------------------------------------------------------------------
 
-# RTT 50 ms, T0 200 ms, mss 1460, loss at the 0.001 floor:
+# RTT 50 ms, T0 200 ms, mss 1460, loss at the 0.001 floor, CUBIC with b = 1 (the defaults):
+#   W = max(W_cubic 19.815, W_est sqrt(1500) = 38.729833) = 38.729833, Wpeak = 45.564510
+#   RTT / W = 0.05 / 38.729833 = 0.0012909944
+#   0.2 * (3 / 45.564510) * 0.001 * (1 + 3.2e-5) = 0.2 * 0.0658408 * 0.001000032 = 0.0000131686
+#   1 / 0.0013041630 = 766.7753 packets/s * 1460 = 1 119 492 B/s
+CUBIC_50MS = 1_119_492.0
+# The paper's NewReno with b = 2 on the same link, for comparison:
 #   0.05 * sqrt(0.004/3) = 0.05 * 0.0365148372 = 0.0018257419
 #   0.2 * 3 sqrt(0.00075) * 0.001 * (1 + 3.2e-5) = 0.2 * 0.0821583836 * 0.001000032 = 0.0000164322
 #   1 / 0.0018421741 = 542.8364 packets/s * 1460 = 792 541 B/s
@@ -230,11 +308,33 @@ def busy(**fields: Any) -> TCPInfo:
     return snap(rtt=50_000, min_rtt=50_000, rto=200_000, bytes_acked=1, **fields)
 
 
-def test_throughput_is_pftk_without_a_delivery_rate() -> None:
+def test_throughput_is_the_response_function_without_a_delivery_rate() -> None:
     est = estimator()
     assert est.throughput() == 0.0  # nothing known
     est.on_info(busy(), 1.0)
+    assert est.throughput() == pytest.approx(CUBIC_50MS, rel=1e-6)
+
+
+def test_a_delayed_ack_newreno_link_is_costed_with_the_papers_formula() -> None:
+    est = LinkEstimator("b", MetricSettings(), congestion="newreno", segments_per_ack=2)
+    est.on_info(busy(), 1.0)
     assert est.throughput() == pytest.approx(PFTK_50MS, rel=1e-6)
+
+
+def test_the_snapshot_names_the_response_function() -> None:
+    est = estimator()
+    est.on_info(busy(), 1.0)
+    assert est.throughput() == pytest.approx(CUBIC_50MS, rel=1e-6)
+    # Linux calls NewReno "reno": the same response function as tcpstack's "newreno".
+    for name in ("reno", "newreno"):
+        est.on_info(attrs.evolve(busy(), congestion=name), 2.0)
+        assert est.congestion == "newreno"
+        assert est.throughput() == pytest.approx(
+            tcp_throughput(1460, 0.05, 0.2, 0.001, congestion="newreno", b=1), rel=1e-12
+        )
+    # An algorithm without a response function here keeps the last known one.
+    est.on_info(attrs.evolve(busy(), congestion="bbr"), 3.0)
+    assert est.congestion == "newreno"
 
 
 def test_throughput_is_the_smaller_of_delivery_rate_and_pftk() -> None:
@@ -242,8 +342,8 @@ def test_throughput_is_the_smaller_of_delivery_rate_and_pftk() -> None:
     est.on_info(busy(delivery_rate=500_000), 1.0)
     assert est.throughput() == 500_000.0
     est.on_info(busy(delivery_rate=2_000_000), 2.0)
-    assert est.throughput() == pytest.approx(PFTK_50MS, rel=1e-6)
-    # The peer's window caps PFTK: 14600 B = 10 packets per 50 ms = 292 000 B/s.
+    assert est.throughput() == pytest.approx(CUBIC_50MS, rel=1e-6)
+    # The peer's window caps the response function: 14600 B = 10 packets per 50 ms = 292 000 B/s.
     est.on_info(busy(delivery_rate=2_000_000, snd_wnd=14_600), 3.0)
     assert est.throughput() == pytest.approx(292_000.0)
 
@@ -251,9 +351,9 @@ def test_throughput_is_the_smaller_of_delivery_rate_and_pftk() -> None:
 def test_app_limited_samples_are_ignored() -> None:
     est = estimator()
     # Only app-limited samples: they say what the application offered, not what the path
-    # carries, so throughput stays the PFTK estimate.
+    # carries, so throughput stays the response function's estimate.
     est.on_info(busy(delivery_rate=1_000, delivery_rate_app_limited=True), 1.0)
-    assert est.throughput() == pytest.approx(PFTK_50MS, rel=1e-6)
+    assert est.throughput() == pytest.approx(CUBIC_50MS, rel=1e-6)
     est.on_info(busy(delivery_rate=500_000), 2.0)
     est.on_info(busy(delivery_rate=100_000, delivery_rate_app_limited=True), 3.0)
     assert est.throughput() == 500_000.0
@@ -265,9 +365,12 @@ def test_app_limited_samples_are_ignored() -> None:
 def test_throughput_follows_loss() -> None:
     est = estimator(loss_window=100, loss_alpha=1.0)
     est.on_info(busy(delivery_rate=2_000_000, data_segs_out=80, total_retrans=20), 1.0)
-    # p = 0.2, RTT 50 ms, T0 200 ms: the second worked example's 8.545556 packets/s * 1460.
+    # p = 0.2, RTT 50 ms, T0 200 ms, CUBIC b = 1: W = max(1.053829 * 0.25**0.75 = 0.372585,
+    # sqrt(3 / 0.4) = 2.738613) = 2.738613, Wpeak = 3.221897, min(1, 3 / Wpeak) = 0.931125;
+    # 0.05 / 2.738613 + 0.2 * 0.931125 * 0.2 * (1 + 1.28) = 0.0182574 + 0.0849186 = 0.1031760
+    # -> 9.692176 packets/s * 1460 = 14 150.5 B/s.
     assert est.loss() == pytest.approx(0.2)
-    assert est.throughput() == pytest.approx(8.545556 * 1460, rel=1e-6)
+    assert est.throughput() == pytest.approx(14_150.5, rel=1e-5)
 
 
 # -- availability, samples, age ----------------------------------------------------------------

@@ -10,6 +10,7 @@ import random
 import networkx as nx
 import pytest
 
+from overlay import pathsearch as ps
 from overlay.config import RoutingSettings
 from overlay.linkstate import LinkStateDatabase
 from overlay.messages import LinkAdvert, Lsa
@@ -321,7 +322,9 @@ def test_best_paths_match_brute_force_over_all_simple_paths(seed: int, coarse: b
                 assert best.throughput == oracle.throughput
                 assert best.latency == pytest.approx(oracle.latency)
                 # The single-destination search (used for alternates) agrees.
-                one = r.evaluate(widest_to(r._edges(), "n0", dst, frozenset()) or ())
+                idx = r._compile()
+                one_path = widest_to(r._out, idx["n0"], idx[dst])
+                one = r.evaluate([r._names[i] for i in one_path or ()])
                 assert one is not None and one.throughput == best.throughput
                 assert one.latency == pytest.approx(best.latency)
             else:
@@ -476,3 +479,175 @@ def test_router_select_drops_a_broken_current_path_at_once() -> None:
     second = r.select(sel, "d", "latency", 0.1)
     assert second is not None and second.path == ("s", "c", "d")
     assert (sel.last_reason, sel.switches) == ("down", 1)
+
+
+# -- the integer path searches against brute force ----------------------------------------
+
+
+Edges = dict[tuple[int, int], tuple[float, float, float, float]]  # width, latency, keep, extra
+
+
+def _random_adjacency(seed: int, n: int = 8, p: float = 0.4) -> tuple[ps.Adjacency, Edges]:
+    """A random directed graph on 0..n-1 as the searches' adjacency and as an edge dict.
+    Coarse widths and latencies (zero included) make ties in both."""
+    rng = random.Random(seed)
+    edges: Edges = {}
+    for u, v in itertools.permutations(range(n), 2):
+        if rng.random() < p:
+            edges[(u, v)] = (
+                rng.choice((1.0, 2.0, 3.0, 5.0)),
+                rng.choice((0.0, 0.01, 0.02, 0.05)),
+                rng.uniform(0.5, 1.0),
+                rng.uniform(0.0, 1.0),
+            )
+    adj: ps.Adjacency = [[] for _ in range(n)]
+    for (u, v), (w, lat, keep, extra) in edges.items():
+        adj[u].append((v, w, lat, keep, extra, u, 0.0))
+    return adj, edges
+
+
+def _simple_paths(
+    edges: Edges,
+    n: int,
+    source: int,
+    dst: int,
+    avoid: int = -1,
+    banned: frozenset[tuple[int, int]] = frozenset(),
+) -> list[tuple[int, ...]]:
+    g = nx.DiGraph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(e for e in edges if e not in banned and avoid not in e)
+    return [tuple(p) for p in nx.all_simple_paths(g, source, dst)]
+
+
+def _width_latency(path: tuple[int, ...], edges: Edges) -> tuple[float, float]:
+    hops = list(zip(path, path[1:], strict=False))
+    return min(edges[h][0] for h in hops), sum(edges[h][1] for h in hops)
+
+
+def _assert_widest(
+    found: tuple[int, ...] | None, options: list[tuple[int, ...]], edges: Edges
+) -> None:
+    if not options:
+        assert found is None
+        return
+    assert found is not None and found in options  # a simple path over allowed edges
+    measured = [_width_latency(p, edges) for p in options]
+    oracle = max(w for w, _ in measured)
+    width, latency = _width_latency(found, edges)
+    assert width == oracle
+    assert latency == pytest.approx(min(lat for w, lat in measured if w == oracle))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_widest_search_matches_brute_force_with_avoid_and_bans(seed: int) -> None:
+    adj, edges = _random_adjacency(seed)
+    n = len(adj)
+    rng = random.Random(1000 + seed)
+    avoid = rng.choice([-1, *range(1, n)])
+    found = ps.widest(adj, ps.by_width(adj), 0, avoid)
+    assert avoid not in found and 0 not in found
+    for dst in range(1, n):
+        options = _simple_paths(edges, n, 0, dst, avoid)
+        best = found.get(dst)
+        _assert_widest(best[0] if best else None, options, edges)
+        if best is not None:
+            # The carried sums are those of the returned path, accumulated from the source.
+            path, latency, width, keep, extra = best
+            hops = list(zip(path, path[1:], strict=False))
+            assert (latency, width) == (
+                functools.reduce(lambda acc, h: acc + edges[h][1], hops, 0.0),
+                min(edges[h][0] for h in hops),
+            )
+            assert keep == functools.reduce(lambda acc, h: acc * edges[h][2], hops, 1.0)
+            assert extra == functools.reduce(lambda acc, h: acc + edges[h][3], hops, 0.0)
+        _assert_widest(ps.widest_to(adj, 0, dst, avoid=avoid), options, edges)
+        banned = frozenset(rng.sample(sorted(edges), k=min(3, len(edges))))
+        _assert_widest(
+            ps.widest_to(adj, 0, dst, banned, avoid),
+            _simple_paths(edges, n, 0, dst, avoid, banned),
+            edges,
+        )
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_dijkstra_matches_brute_force_lexicographic_cost_latency_hops(seed: int) -> None:
+    adj, edges = _random_adjacency(seed, p=0.35)  # the width doubles as the additive cost
+    n = len(adj)
+    rng = random.Random(2000 + seed)
+    avoid = rng.choice([-1, *range(1, n)])
+    banned = frozenset(rng.sample(sorted(edges), k=min(2, len(edges))))
+    pred, order, via = ps.dijkstra(adj, 0, ps.WIDTH, avoid, banned=banned)
+    assert order[0] == 0 and len(order) == len(set(order)) and avoid not in order
+
+    def key(p: tuple[int, ...]) -> tuple[float, float, int]:
+        hops = list(zip(p, p[1:], strict=False))
+        return sum(edges[h][0] for h in hops), sum(edges[h][1] for h in hops), len(hops)
+
+    for dst in range(1, n):
+        options = _simple_paths(edges, n, 0, dst, avoid, banned)
+        assert (pred[dst] >= 0) == bool(options)
+        edge = via[dst]
+        assert (edge is not None) == bool(options)
+        if edge is not None:  # the tree edge into dst, from its predecessor
+            assert (edge[5], edge[0]) == (pred[dst], dst)
+        if options:
+            found = ps.walk(pred, 0, dst)
+            assert found in options
+            assert key(found) == pytest.approx(min(map(key, options)))
+            # Stopping at dst gives the same answer.
+            early, _, _ = ps.dijkstra(adj, 0, ps.WIDTH, avoid, dst, banned)
+            assert key(ps.walk(early, 0, dst)) == pytest.approx(key(found))
+
+
+def test_widest_reads_a_level_off_only_once_all_its_edges_are_in() -> None:
+    # a and b have bottleneck 4 (s-a-b, all 4 wide); c has bottleneck 2 over either a-c or
+    # b-c. The 2-wide level must read c off with both of its 2-wide in-edges in place:
+    # s-a-b-c (latency 0.03), not s-a-c (0.5). With b avoided only s-a-c is left.
+    s, a, b, c = 0, 1, 2, 3
+    adj: ps.Adjacency = [
+        [(a, 4.0, 0.01, 0.9, 1.0, s, 0.0)],
+        [(b, 4.0, 0.01, 0.9, 1.0, a, 0.0), (c, 2.0, 0.5, 0.5, 7.0, a, 0.0)],
+        [(c, 2.0, 0.01, 0.9, 1.0, b, 0.0)],
+        [],
+    ]
+    edges = ps.by_width(adj)
+    assert ps.widest(adj, edges, s) == {
+        a: ((s, a), 0.01, 4.0, 0.9, 1.0),
+        b: ((s, a, b), 0.02, 4.0, 0.9 * 0.9, 2.0),
+        c: ((s, a, b, c), 0.01 + 0.01 + 0.01, 2.0, 0.9 * 0.9 * 0.9, 3.0),
+    }
+    assert ps.widest(adj, edges, s, avoid=b) == {
+        a: ((s, a), 0.01, 4.0, 0.9, 1.0),
+        c: ((s, a, c), 0.51, 2.0, 0.9 * 0.5, 8.0),
+    }
+    assert ps.widest_to(adj, s, c) == (s, a, b, c)
+    assert ps.widest_to(adj, s, c, frozenset({(b, c)})) == (s, a, c)
+    assert ps.widest_to(adj, s, s) is None
+    assert ps.widest([[]], [], 0) == {}
+
+
+def test_router_handles_a_source_outside_the_graph_and_non_string_ids() -> None:
+    g = graph({(1, 2): (0.01, 0.0, 1e6), (2, 3): (0.01, 0.0, 2e6)})  # type: ignore[dict-item]
+    r = Router(1, S)  # type: ignore[arg-type]
+    r.update(g)
+    for policy in POLICIES:
+        best = r.best(3, policy)  # type: ignore[arg-type]
+        assert best is not None and best.path == (1, 2, 3)
+    assert Router("x", S).best_all("throughput") == {}
+
+
+@pytest.mark.parametrize(("seed", "coarse"), [(6, True), (10, True), (7, False)])
+def test_best_all_metrics_are_exactly_those_of_the_path(seed: int, coarse: bool) -> None:
+    # The widest search carries latency, loss and composite along instead of walking each
+    # path again. On many equal-latency paths (coarse values) a node's latency can round to
+    # the same value through a parent whose path changed; these seeds hit that case, and the
+    # carried sums must still be exactly those of the returned path, as evaluate() computes.
+    g = _random_graph(seed, n=120, p=0.05, coarse=coarse)
+    r = router(g, source="n0")
+    for policy in POLICIES:
+        table = r.best_all(policy)
+        assert len(table) > 100
+        for m in table.values():
+            again = r.evaluate(m.path)
+            assert again == m and again is not None and again.composite == m.composite
