@@ -203,8 +203,11 @@ class MemoryLink(Link):
             self._stats.count_dropped(len(packet))
             return
         network.stats.delivered += 1
-        self._queue.append(packet)
-        self._ready.unpark_all()
+        queue = self._queue
+        queue.append(packet)
+        if len(queue) == 1:
+            # A receiver parks only on an empty queue, and the first packet already woke it.
+            self._ready.unpark_all()
 
 
 class MemoryNetwork:
@@ -393,8 +396,12 @@ class MemoryNetwork:
         """A port's ``send_batch``: validate, impair egress, then switch or schedule."""
         stats, port_stats, egress = self.stats, port.stats, port.egress
         now = trio.current_time()
+        # Nothing between the ports (no egress, no paths): a packet goes straight to its
+        # destination's port, as _switch and _arrive would take it, without their calls.
+        direct = egress is None and not (self._paths or self._down_paths or self.paths_only)
+        ports = self._ports
         for raw in packets:
-            packet = bytes(raw)
+            packet = raw if type(raw) is bytes else bytes(raw)
             size = len(packet)
             if port.down:
                 stats.link_down += 1
@@ -409,6 +416,13 @@ class MemoryNetwork:
                 port_stats.count_dropped(size)
                 continue
             port_stats.count_sent(size)
+            if direct:
+                target = ports.get(packet[16:20])
+                if target is not None and target.ingress is None and size <= target._max_packet:
+                    target._enqueue(now, packet)
+                else:
+                    self._arrive(now, packet)
+                continue
             if egress is None:
                 self._switch(now, packet)
                 continue

@@ -10,7 +10,9 @@ parser already made are kept as they are:
   none when the application hands over an immutable ``bytes`` object (directly or through a
   read-only memoryview, as ``send_all`` does), which is then referenced until acknowledged;
   a segment's payload is a slice of one chunk (or the chunk itself), a join only when it spans
-  two.
+  two. With :attr:`SendBuffer.views` set (by a consumer that builds each segment into a packet
+  at once, as the stack does) the slice is a read-only ``memoryview``, so the packet build is
+  the payload's only copy on the send side.
 * :class:`ReceiveQueue` holds in-order received data; delivering a segment's payload stores the
   bytes object without copying; a read returns a chunk as it is when it is asked for whole.
 
@@ -21,8 +23,9 @@ when empty, which idle connections cannot afford) and compact it when the dead h
 from __future__ import annotations
 
 from bisect import bisect_right
+from typing import cast
 
-__all__ = ["SendBuffer", "ReceiveQueue"]
+__all__ = ["SendBuffer", "ReceiveQueue", "as_payload"]
 
 # Appends smaller than this are merged into the last chunk (bounded copy), so many small sends
 # do not make many tiny chunks that every segment would have to join.
@@ -37,10 +40,12 @@ class SendBuffer:
     backpressure). The bytes stay until cumulatively acknowledged (for retransmission).
     """
 
-    __slots__ = ("capacity", "start", "_end", "_chunks", "_starts", "_head")
+    __slots__ = ("capacity", "start", "views", "_end", "_chunks", "_starts", "_head")
 
     def __init__(self, capacity: int, start: int) -> None:
         self.capacity = capacity
+        #: :meth:`payload` may return read-only views of the chunks instead of bytes copies.
+        self.views = False
         self.start = start
         self._end = start
         self._chunks: list[bytes | memoryview] = []
@@ -107,6 +112,32 @@ class SendBuffer:
             got += take
         return b"".join(parts)
 
+    def payload(self, seq: int, length: int) -> bytes | memoryview:
+        """A segment's payload: :meth:`data`, or without copying when :attr:`views` is set.
+
+        A view is read-only and refers to an immutable object (a ``bytes`` chunk or the
+        application's ``bytes`` behind a read-only view), so it reads the same bytes for as
+        long as it lives, acknowledged or not. A range spanning chunks is joined.
+        """
+        if not self.views:
+            return self.data(seq, length)
+        if seq < self.start:
+            raise ValueError(f"{seq} is below the send buffer's start {self.start}")
+        length = min(length, self._end - seq)
+        if length <= 0:
+            return b""
+        starts = self._starts
+        i = bisect_right(starts, seq, lo=self._head) - 1
+        chunk = self._chunks[i]
+        off = seq - starts[i]
+        if off + length > len(chunk):
+            return self.data(seq, length)
+        if off == 0 and length == len(chunk):
+            return chunk
+        if type(chunk) is bytes:
+            return memoryview(chunk)[off : off + length]
+        return chunk[off : off + length]
+
     def ack_to(self, seq: int) -> int:
         """Drop bytes below ``seq``; return how many were dropped."""
         n = min(seq, self._end) - self.start
@@ -139,6 +170,19 @@ class SendBuffer:
         if self._end != self.start:
             raise ValueError("rebase of a send buffer that holds data")
         self.start = self._end = start
+
+
+def as_payload(data: bytes | bytearray | memoryview) -> bytes:
+    """``data`` as a segment's payload: a read-only view is kept (see :meth:`SendBuffer.payload`),
+    anything mutable is copied.
+
+    ``TcpSegment.payload`` is ``bytes`` to its readers; a read-only view of immutable bytes
+    offers the same reads (``len``, slicing, comparison, the buffer protocol the codec uses), so
+    it is typed as such here, in the one place it is let through.
+    """
+    if type(data) is memoryview and data.readonly and type(data.obj) is bytes:
+        return cast(bytes, data)
+    return bytes(data)
 
 
 class ReceiveQueue:

@@ -261,7 +261,8 @@ class Connection(HandshakeMixin):
     def _advance(self, now: float) -> None:
         if now > self.last_now:
             self.last_now = now
-        if self.timers.earliest() is not None and self.timers.earliest() <= now:  # type: ignore[operator]
+        due = self.timers.earliest()
+        if due is not None and due <= now:
             self.on_timer(now)
 
     def on_segment(self, seg: TcpSegment, now: float) -> None:

@@ -8,7 +8,7 @@ so the per-segment paths touch plain attributes, no indirection. Sequence number
 
 from __future__ import annotations
 
-from tcpstack.tcp.buffers import SendBuffer
+from tcpstack.tcp.buffers import SendBuffer, as_payload
 from tcpstack.tcp.config import ConnectionOptions, ResolvedOptions, resolve_options
 from tcpstack.tcp.congestion import CongestionControl, create_congestion_control
 from tcpstack.tcp.events import Event, ResetSent, StateChanged
@@ -384,7 +384,7 @@ class ConnectionCore:
         seq: int,
         flags: int,
         now: float,
-        payload: bytes = b"",
+        payload: bytes | memoryview = b"",
         *,
         options: TcpOptions | None = None,
         tos: int = 0,
@@ -411,11 +411,15 @@ class ConnectionCore:
             )
         if self.ece_pending and has_ack and not flags & _F_SYN:
             flags |= _F_ECE
-        # The fast constructor skips attrs' converters: every value here is already normal.
+        # The fast constructor skips attrs' converters: every value here is already normal. A
+        # payload view comes only from a send buffer with views on (SendBuffer.payload), whose
+        # consumer builds the packet at once: a read-only view of immutable bytes, which the
+        # codec reads as it reads bytes, and no copy of 64 KiB per segment.
         seg = new_segment(
             self.local_addr, self.remote_addr, self.local_port, self.remote_port,
             seq & MASK, rcv.rcv_nxt & MASK if has_ack else 0, _FLAG_VALUES[flags], window, 0,
-            options, payload if type(payload) is bytes else bytes(payload), 64, tos, 0, True,
+            options, payload if type(payload) is bytes else as_payload(payload), 64, tos, 0,
+            True,
         )
         self.segs_out += 1
         if has_ack:

@@ -263,12 +263,26 @@ class Receiver:
         if self.quick > 0 or self.quickack:
             return ACK_NOW
         # More than one full-sized segment not yet acknowledged: ACK now (RFC 1122 / 9293
-        # "ACK at least every second full-sized segment").
-        if self.rcv_nxt - self.rcv_wup > self.rcv_mss:
+        # "ACK at least every second full-sized segment"), if the window's right edge would
+        # advance at least as far as rcv_nxt did. When unread data has taken the space, Linux
+        # leaves that ACK to the application's next read (tcp_cleanup_rbuf, see
+        # window_update_worthwhile), which then opens the window as well: one ACK per read
+        # instead of one per two segments that would each announce a shrinking window.
+        if self.rcv_nxt - self.rcv_wup > self.rcv_mss and self._window_advances():
             return ACK_NOW
         if self.ooo.bytes_held:
             return ACK_NOW
         return ACK_DELAYED
+
+    def _window_advances(self) -> bool:
+        """Linux ``__tcp_select_window(sk) >= tp->rcv_wnd``: the window :meth:`select_window`
+        would offer now, from rcv_nxt, is at least the one last announced, from rcv_wup."""
+        cur = max(self.rcv_adv - self.rcv_nxt, 0)
+        offer = min(self._free(), self.rcv_ssthresh)
+        new = cur
+        if offer - cur >= self.min_window_update or (offer > cur and offer >= self.capacity):
+            new = offer
+        return new >= self.rcv_adv - self.rcv_wup
 
     def _grow_window(self, n: int) -> None:
         """Linux tcp_grow_window: open rcv_ssthresh by 2*rcv_mss per in-order segment, or by
@@ -402,6 +416,10 @@ class Receiver:
         RFC 1122 4.2.3.3 / Linux tcp_cleanup_rbuf: send an update when the window we could offer
         grew by at least min(buffer/2, MSS) past the one last advertised (and Linux: doubled).
         """
+        if self.rcv_nxt - self.rcv_wup > self.rcv_mss:
+            # The every-second-segment ACK that input processing left to this read (Linux
+            # tcp_cleanup_rbuf: "Once-per-two-segments ACK was not sent by tcp_input.c").
+            return True
         cur = max(self.rcv_adv - self.rcv_nxt, 0)
         offer = min(self._free(), self.rcv_ssthresh)
         return offer - cur >= self.min_window_update and offer >= 2 * cur

@@ -224,7 +224,7 @@ class SenderMixin(ConnectionCore):
                 flags |= _CWR
                 self.cwr_pending = False
             self.sws_override = False
-            payload = sndbuf.data(snd_nxt, n) if n else b""
+            payload = sndbuf.payload(snd_nxt, n) if n else b""
             seg_end = end + (1 if fin else 0)
             options = seg_options
             if options is None:
@@ -355,7 +355,7 @@ class SenderMixin(ConnectionCore):
         fin = fin_seq is not None and start <= fin_seq < end
         data_end = fin_seq if fin and fin_seq is not None else end
         n = max(data_end - start, 0)
-        payload = self.sndbuf.data(start, n) if n else b""
+        payload = self.sndbuf.payload(start, n) if n else b""
         flags = _ACK | (_FIN if fin else 0)
         if n and start + n >= self.sndbuf.end:
             flags |= _PSH

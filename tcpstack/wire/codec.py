@@ -60,6 +60,9 @@ _PARSE = struct.Struct("!BBHHBBBB2x12sIIxBH2xH")
 _PARSE_TS = struct.Struct("!BBHHBBBB2x12sIIxBH2xHIII")
 _FAST_LEN = IPV4_HEADER_LEN + TCP_HEADER_LEN
 _FAST_TS_LEN = _PARSE_TS.size
+# Bound once: a call through a global is cheaper than a method lookup on every packet.
+_unpack = _PARSE.unpack_from
+_unpack_ts = _PARSE_TS.unpack_from
 _OFFSET_5 = 5 << 4  # data offset byte of a header without options, reserved bits clear
 _OFFSET_8 = 8 << 4
 _NOP_NOP_TS_PREFIX = 0x0101080A
@@ -112,105 +115,98 @@ def parse_packet(
     # what each costs. The straight paths take IHL 5, TCP, unfragmented, with sane lengths, one
     # per common header shape (no options; NOP NOP TS; anything else, options decoded in
     # general), each with its own copy of the checks so that no branch tests what another
-    # already knows. Any other packet, malformed ones included, goes to _parse_general, which
-    # names the fault.
+    # already knows. Fields the checks do not need are unpacked straight into the new segment's
+    # slots (no local variable in between); a packet that fails a check is handed whole to
+    # _parse_general, which names the fault, and the half-filled object is dropped unseen.
+    # A buffer too short for the straight path's struct raises IndexError or struct.error
+    # (caught below, free in CPython 3.11 when nothing is raised) instead of paying for an
+    # explicit length test on every packet.
     if type(buf) is not bytes:
         buf = _as_bytes(buf)
-    n = len(buf)
-    if n < _FAST_LEN:
-        return _parse_general(buf, verify_checksum)
-    offset = buf[32]  # TCP data offset octet if IHL is 5 (checked below)
-    if offset == _OFFSET_5:
-        (vihl, tos, total_len, ip_id, frag_hi, frag_lo, ttl, protocol, flow_key, seq, ack,
-         flags, window, urgent) = _PARSE.unpack_from(buf)
-        if (
-            vihl != 0x45
-            or protocol != PROTO_TCP
-            or frag_lo
-            or frag_hi & _FRAGMENT_HI
-            or total_len > n
-            or total_len < _FAST_LEN
-        ):
-            return _parse_general(buf, verify_checksum)
-        if verify_checksum:
-            _verify_tcp(buf, IPV4_HEADER_LEN, total_len, int.from_bytes(flow_key[0:4], "big"),
-                        int.from_bytes(flow_key[4:8], "big"))
-        options: TcpOptions = NO_OPTIONS
-        payload = buf[_FAST_LEN:total_len]
-    elif offset == _OFFSET_8 and n >= _FAST_TS_LEN:
-        (vihl, tos, total_len, ip_id, frag_hi, frag_lo, ttl, protocol, flow_key, seq, ack,
-         flags, window, urgent, option_prefix, tsval, tsecr) = _PARSE_TS.unpack_from(buf)
-        if (
-            vihl != 0x45
-            or protocol != PROTO_TCP
-            or frag_lo
-            or frag_hi & _FRAGMENT_HI
-            or total_len > n
-            or total_len < _FAST_TS_LEN
-        ):
-            return _parse_general(buf, verify_checksum)
-        if verify_checksum:  # before the options: a corrupt packet is a ChecksumError
-            _verify_tcp(buf, IPV4_HEADER_LEN, total_len, int.from_bytes(flow_key[0:4], "big"),
-                        int.from_bytes(flow_key[4:8], "big"))
-        if option_prefix == _NOP_NOP_TS_PREFIX:
-            # new_options() inlined.
-            fast_options: Any = _MutableOptions()
-            fast_options.mss = None
-            fast_options.wscale = None
-            fast_options.sack_permitted = False
-            fast_options.sack_blocks = ()
-            fast_options.timestamps = _new_tuple(Timestamps, (tsval, tsecr))
-            fast_options.unknown = ()
-            fast_options.layout = _LAYOUT_NOP_NOP_TS
-            fast_options.__class__ = TcpOptions
-            options = fast_options
-        else:
-            options = decode_options(buf[_FAST_LEN:_FAST_TS_LEN])
-        payload = buf[_FAST_TS_LEN:total_len]
-    else:
-        (vihl, tos, total_len, ip_id, frag_hi, frag_lo, ttl, protocol, flow_key, seq, ack,
-         flags, window, urgent) = _PARSE.unpack_from(buf)
-        header_len = (offset >> 2) & 0x3C  # reserved bits of the octet ignored
-        if (
-            vihl != 0x45
-            or protocol != PROTO_TCP
-            or frag_lo
-            or frag_hi & _FRAGMENT_HI
-            or total_len > n
-            or header_len < TCP_HEADER_LEN
-            or header_len > total_len - IPV4_HEADER_LEN
-        ):
-            return _parse_general(buf, verify_checksum)
-        data_at = IPV4_HEADER_LEN + header_len
-        if verify_checksum:
-            _verify_tcp(buf, IPV4_HEADER_LEN, total_len, int.from_bytes(flow_key[0:4], "big"),
-                        int.from_bytes(flow_key[4:8], "big"))
-        options = decode_options(buf[_FAST_LEN:data_at])
-        payload = buf[data_at:total_len]
+    self: Any  # a _MutableSegment until its class is switched to TcpSegment at the end
     try:
-        src, dst, sport, dport = _flow_of[flow_key]
+        offset = buf[32]  # TCP data offset octet if IHL is 5 (checked below)
+        if offset == _OFFSET_5:
+            self = _MutableSegment()
+            (vihl, self.tos, total_len, self.ip_id, frag_hi, frag_lo, self.ttl, protocol,
+             flow_key, self.seq, self.ack, flags, self.window, self.urgent) = _unpack(buf)
+            if (
+                vihl != 0x45
+                or protocol != PROTO_TCP
+                or frag_lo
+                or frag_hi & _FRAGMENT_HI
+                or total_len > len(buf)
+                or total_len < _FAST_LEN
+            ):
+                return _parse_general(buf, verify_checksum)
+            if verify_checksum:
+                _verify_tcp(buf, IPV4_HEADER_LEN, total_len, int.from_bytes(flow_key[0:4], "big"),
+                            int.from_bytes(flow_key[4:8], "big"))
+            self.options = NO_OPTIONS
+            self.payload = buf[_FAST_LEN:total_len]
+        elif offset == _OFFSET_8:
+            self = _MutableSegment()
+            (vihl, self.tos, total_len, self.ip_id, frag_hi, frag_lo, self.ttl, protocol,
+             flow_key, self.seq, self.ack, flags, self.window, self.urgent, option_prefix, tsval,
+             tsecr) = _unpack_ts(buf)
+            if (
+                vihl != 0x45
+                or protocol != PROTO_TCP
+                or frag_lo
+                or frag_hi & _FRAGMENT_HI
+                or total_len > len(buf)
+                or total_len < _FAST_TS_LEN
+            ):
+                return _parse_general(buf, verify_checksum)
+            if verify_checksum:  # before the options: a corrupt packet is a ChecksumError
+                _verify_tcp(buf, IPV4_HEADER_LEN, total_len, int.from_bytes(flow_key[0:4], "big"),
+                            int.from_bytes(flow_key[4:8], "big"))
+            if option_prefix == _NOP_NOP_TS_PREFIX:
+                # new_options() inlined.
+                options: Any = _MutableOptions()
+                options.mss = None
+                options.wscale = None
+                options.sack_permitted = False
+                options.sack_blocks = ()
+                options.timestamps = _new_tuple(Timestamps, (tsval, tsecr))
+                options.unknown = ()
+                options.layout = _LAYOUT_NOP_NOP_TS
+                options.__class__ = TcpOptions
+                self.options = options
+            else:
+                self.options = decode_options(buf[_FAST_LEN:_FAST_TS_LEN])
+            self.payload = buf[_FAST_TS_LEN:total_len]
+        else:
+            self = _MutableSegment()
+            (vihl, self.tos, total_len, self.ip_id, frag_hi, frag_lo, self.ttl, protocol,
+             flow_key, self.seq, self.ack, flags, self.window, self.urgent) = _unpack(buf)
+            header_len = (offset >> 2) & 0x3C  # reserved bits of the octet ignored
+            if (
+                vihl != 0x45
+                or protocol != PROTO_TCP
+                or frag_lo
+                or frag_hi & _FRAGMENT_HI
+                or total_len > len(buf)
+                or header_len < TCP_HEADER_LEN
+                or header_len > total_len - IPV4_HEADER_LEN
+            ):
+                return _parse_general(buf, verify_checksum)
+            data_at = IPV4_HEADER_LEN + header_len
+            if verify_checksum:
+                _verify_tcp(buf, IPV4_HEADER_LEN, total_len, int.from_bytes(flow_key[0:4], "big"),
+                            int.from_bytes(flow_key[4:8], "big"))
+            self.options = decode_options(buf[_FAST_LEN:data_at])
+            self.payload = buf[data_at:total_len]
+    except (IndexError, struct.error):
+        return _parse_general(buf, verify_checksum)
+    try:
+        self.src, self.dst, self.sport, self.dport = _flow_of[flow_key]
     except KeyError:
-        src, dst, sport, dport = _flow(flow_key)
-    # new_segment() inlined: the call alone costs ~0.1 us with 15 arguments.
-    self: Any = _MutableSegment()
-    self.src = src
-    self.dst = dst
-    self.sport = sport
-    self.dport = dport
-    self.seq = seq
-    self.ack = ack
+        self.src, self.dst, self.sport, self.dport = _flow(flow_key)
     self.flags = _FLAGS[flags]
-    self.window = window
-    self.urgent = urgent
-    self.options = options
-    self.payload = payload
-    self.ttl = ttl
-    self.tos = tos
-    self.ip_id = ip_id
     self.df = _DF_OF[frag_hi]
     self.__class__ = TcpSegment
-    segment: TcpSegment = self
-    return segment
+    return self
 
 
 def _verify_tcp(buf: bytes | memoryview, at: int, end: int, src: int, dst: int) -> None:
@@ -258,6 +254,9 @@ def _parse_general(buf: bytes | memoryview, verify_checksum: bool) -> TcpSegment
     )
 
 
+_last_encoded: tuple[TcpOptions, bytes] = (NO_OPTIONS, b"")
+
+
 def build_packet(segment: TcpSegment, *, checksum: bool = True) -> bytes:
     """Encode ``segment`` as an IPv4 datagram (IHL 5, no IP options).
 
@@ -266,8 +265,19 @@ def build_packet(segment: TcpSegment, *, checksum: bool = True) -> bytes:
     ``ValueError`` naming the field for values that do not fit, options beyond 40 octets, or a
     datagram beyond 65535 octets.
     """
+    global _last_encoded
     options = segment.options
-    option_bytes = b"" if options is NO_OPTIONS else encode_options(options)
+    last = _last_encoded
+    if options is NO_OPTIONS:
+        option_bytes = b""
+    elif options is last[0]:
+        # A sender's burst shares one options object (same timestamps): encode it once. The
+        # cache holds the object, so no other object can take its identity while cached; one
+        # tuple, so a thread never sees an object with another's encoding.
+        option_bytes = last[1]
+    else:
+        option_bytes = encode_options(options)
+        _last_encoded = (options, option_bytes)
     payload = segment.payload
     header_len = TCP_HEADER_LEN + len(option_bytes)
     tcp_len = header_len + len(payload)

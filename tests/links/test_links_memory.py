@@ -369,3 +369,39 @@ async def test_delay_under_the_real_clock() -> None:
 
 def test_memory_link_is_a_link() -> None:
     assert issubclass(MemoryLink, Link)
+
+
+async def test_every_arrival_reaches_a_receiver_that_parks_again() -> None:
+    # The queue wakes its receiver only on the packet that makes it non-empty: packets sent
+    # while that receiver is runnable join the same batch, and after it drained the queue and
+    # parked again the next packet wakes it once more.
+    async with MemoryNetwork() as net:
+        a, b = net.attach(A), net.attach(B)
+        batches: list[list[int]] = []
+
+        async def receiver() -> None:
+            while sum(map(len, batches)) < 6:
+                batches.append([number_of(p) for p in await b.receive_batch()])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            await trio.testing.wait_all_tasks_blocked()
+            a.send_batch([numbered(A, B, 0)])
+            a.send_batch([numbered(A, B, 1), numbered(A, B, 2)])  # before the receiver ran
+            await trio.testing.wait_all_tasks_blocked()
+            assert batches == [[0, 1, 2]]
+            a.send_batch([numbered(A, B, 3)])
+            await trio.testing.wait_all_tasks_blocked()
+            a.send_batch([numbered(A, B, 4), numbered(A, B, 5)])
+        assert batches == [[0, 1, 2], [3], [4, 5]]
+        assert net.stats.delivered == 6 and b.stats.packets_received == 6
+
+
+async def test_bytearray_packets_are_copied_on_send() -> None:
+    async with MemoryNetwork() as net:
+        a, b = net.attach(A), net.attach(B)
+        packet = bytearray(numbered(A, B, 7))
+        a.send_batch([packet])  # type: ignore[list-item]  # what a careless caller passes
+        packet[20:24] = b"\0\0\0\0"  # the sender reuses its buffer at once
+        [got] = await b.receive_batch()
+        assert type(got) is bytes and number_of(got) == 7

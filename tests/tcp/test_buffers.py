@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcpstack.tcp.buffers import ReceiveQueue, SendBuffer
+from tcpstack.tcp.buffers import ReceiveQueue, SendBuffer, as_payload
 
 START = (1 << 32) - 5000  # absolute sequence numbers past the 32-bit wrap
 PATTERN = bytes(range(251)) * 100  # numbered bytes: a misplaced byte changes the content
@@ -98,3 +98,61 @@ def test_receive_queue_returns_a_whole_payload_without_copying() -> None:
     q.append(mutable)  # type: ignore[arg-type]
     mutable[0] = ord("x")
     assert q.read(10) == b"abc"
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.sampled_from(["append", "ack", "payload"]),
+                          st.integers(0, 20000), st.integers(0, 20000)), max_size=40))
+def test_send_buffer_payload_views_read_as_data(ops: list[tuple[str, int, int]]) -> None:
+    buf = SendBuffer(100_000, START)
+    buf.views = True
+    model = bytearray()
+    start = START
+    counter = 0
+    for op, a, b in ops:
+        if op == "append":
+            data = numbered(counter, a)
+            counter += a
+            model += data[:buf.append((bytes, bytearray, memoryview)[b % 3](data))]
+        elif op == "ack":
+            n = a % (len(model) + 1)
+            buf.ack_to(start + n)
+            del model[:n]
+            start += n
+        else:
+            off = a % (len(model) + 1)
+            got = buf.payload(start + off, b)
+            # A view is read-only and over an immutable object: it cannot change later.
+            assert isinstance(got, bytes) or (got.readonly and type(got.obj) is bytes)
+            assert got == bytes(model[off:off + b])
+
+
+def test_send_buffer_payload_is_a_view_of_the_applications_bytes_not_a_copy() -> None:
+    buf = SendBuffer(1 << 20, START)
+    app = bytes(range(256)) * 512
+    buf.append(memoryview(app))  # as send_all hands it over
+    copied = buf.payload(START + 100, 1000)
+    assert type(copied) is bytes  # views off: a copy, as data()
+    buf.views = True
+    view = buf.payload(START + 100, 1000)
+    assert type(view) is memoryview and view.obj is app and view == app[100:1100]
+    buf.append(b"tail" * 2000)  # a second chunk: a range across both is joined
+    across = buf.payload(START + len(app) - 4, 8)
+    assert type(across) is bytes and across == app[-4:] + b"tail"
+    whole = bytes(5000)
+    other = SendBuffer(1 << 20, START)
+    other.views = True
+    other.append(whole)
+    assert other.payload(START, 5000) is whole
+
+
+def test_as_payload_keeps_only_views_of_immutable_bytes() -> None:
+    data = b"x" * 100
+    view = memoryview(data)[10:20]
+    assert as_payload(view) is view
+    mutable = bytearray(b"y" * 100)
+    outs = [as_payload(value)
+            for value in (mutable, memoryview(mutable), memoryview(mutable).toreadonly())]
+    mutable[0] = 0  # copies: they do not follow the application's buffer
+    assert all(type(out) is bytes and out == b"y" * 100 for out in outs)
+    assert as_payload(data) is data
