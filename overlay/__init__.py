@@ -20,7 +20,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 _EXPORTS = {
     "open_node": "overlay.node",
     "OverlayNode": "overlay.node",
-    "Subscription": "overlay.node",
+    "Subscription": "overlay.subscription",
     "NodeConfig": "overlay.config",
     "Neighbour": "overlay.config",
     "MetricSettings": "overlay.config",
@@ -61,7 +61,8 @@ if TYPE_CHECKING:
         RoutingSettings,
     )
     from overlay.metrics import LinkQuality
-    from overlay.node import OverlayNode, Subscription, open_node
+    from overlay.node import OverlayNode, open_node
+    from overlay.subscription import Subscription
     from overlay.types import Delivery, LinkChange, NodeStats, PathChange, PathQuality
 
 

@@ -56,6 +56,20 @@ import attrs
 
 from overlay.droplog import DropReason, DropStats, RateLimitedLog
 
+# The LSA body codec lives in overlay.lsacodec; LinkAdvert and Lsa stay importable from here,
+# and so do its caches under their old names (tests inspect them).
+from overlay.lsacodec import (
+    _LSA_BODIES,  # noqa: F401
+    _LSAS,  # noqa: F401
+    LinkAdvert,
+    Lsa,
+    decode_lsa,
+    encode_lsa,
+)
+from overlay.lsacodec import Malformed as _Malformed
+from overlay.lsacodec import decode_strings as _strings
+from overlay.lsacodec import encode_str as _str
+
 __all__ = [
     "VERSION",
     "MAC_SIZE",
@@ -86,14 +100,11 @@ MAC_SIZE = 32
 #: Longest source route a Data or DataAck frame can carry (one length byte).
 MAX_PATH = 255
 
-_U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _HEAD = struct.Struct(">IBBB")  # length, version, type, sender_len
 _HELLO_TAIL = struct.Struct(">HQ")
-_LSA_MID = struct.Struct(">QH")
-_ADVERT_TAIL = struct.Struct(">dddB")
 _DATA_MID = struct.Struct(">QQBBB")  # flow, msg_id, flags, hop, path_len
 _ACK_MID = struct.Struct(">QBB")  # msg_id, hop, path_len
 _PROBE = struct.Struct(">Qdd")  # nonce, sent, rtt
@@ -131,26 +142,6 @@ class Hello:
     node_id: str
     listen_port: int
     boot: int
-
-
-@attrs.frozen(slots=True)
-class LinkAdvert:
-    """One link in an LSA: the origin's measurement of its link to ``neighbour``."""
-
-    neighbour: str
-    latency: float  # s
-    loss: float  # fraction 0..1
-    throughput: float  # bytes/s
-    up: bool
-
-
-@attrs.frozen(slots=True)
-class Lsa:
-    """Link-state advertisement: every link of ``origin``; a higher ``seq`` supersedes."""
-
-    origin: str
-    seq: int
-    links: tuple[LinkAdvert, ...]
 
 
 @attrs.frozen(slots=True)
@@ -207,46 +198,12 @@ Message = Hello | Lsa | Data | DataAck | Probe | ProbeReply
 # -- body encoding -----------------------------------------------------------------------------
 
 
-# Node ids repeat in nearly every frame: remember their encoded fields (bounded).
-_STR_FIELDS: dict[str, bytes] = {}
-_STR_FIELDS_MAX = 4096
-
-
-def _str(value: str, what: str) -> bytes:
-    if type(value) is str:
-        field = _STR_FIELDS.get(value)
-        if field is not None:
-            return field
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a str, got {value!r}")
-    raw = value.encode("utf-8")
-    if not 1 <= len(raw) <= 255:
-        raise ValueError(f"{what} must be 1..255 bytes of UTF-8, got {len(raw)}")
-    field = _U8.pack(len(raw)) + raw
-    if len(_STR_FIELDS) >= _STR_FIELDS_MAX:
-        _STR_FIELDS.clear()
-    _STR_FIELDS[value] = field
-    return field
-
-
 def _path(path: tuple[str, ...], hop: int) -> bytes:
     if not 1 <= len(path) <= MAX_PATH:
         raise ValueError(f"path must have 1..{MAX_PATH} nodes, got {len(path)}")
     if not 0 <= hop < len(path):
         raise ValueError(f"hop {hop} is outside the path of {len(path)} nodes")
     return b"".join([_str(node, "path node") for node in path])
-
-
-def _advert(link: LinkAdvert) -> bytes:
-    for name in ("latency", "throughput"):
-        value = getattr(link, name)
-        if not isinstance(value, int | float) or math.isnan(value) or value < 0:
-            raise ValueError(f"LinkAdvert.{name} must be >= 0 (inf allowed), got {value!r}")
-    if not isinstance(link.loss, int | float) or not 0.0 <= link.loss <= 1.0:
-        raise ValueError(f"LinkAdvert.loss must be in [0, 1], got {link.loss!r}")
-    return _str(link.neighbour, "LinkAdvert.neighbour") + _ADVERT_TAIL.pack(
-        link.latency, link.loss, link.throughput, 1 if link.up else 0
-    )
 
 
 def _encode_body(msg: Message) -> tuple[int, bytes]:
@@ -282,20 +239,7 @@ def _encode_body(msg: Message) -> tuple[int, bytes]:
             raise ValueError(f"Probe.rtt must be a finite number >= 0, got {rtt!r}")
         return MsgType.PROBE, _PROBE.pack(msg.nonce, msg.sent, rtt)
     if type(msg) is Lsa:
-        cached = _LSA_BODIES.get(id(msg))
-        if cached is not None and cached[0] is msg:
-            return MsgType.LSA, cached[1]
-        if len(msg.links) > 0xFFFF:
-            raise ValueError(f"an Lsa carries at most 65535 links, got {len(msg.links)}")
-        body = b"".join(
-            (
-                _str(msg.origin, "Lsa.origin"),
-                _LSA_MID.pack(msg.seq, len(msg.links)),
-                *(_advert(link) for link in msg.links),
-            )
-        )
-        _remember_lsa(msg, body)
-        return MsgType.LSA, body
+        return MsgType.LSA, encode_lsa(msg)
     if type(msg) is Hello:
         return MsgType.HELLO, _str(msg.node_id, "Hello.node_id") + _HELLO_TAIL.pack(
             msg.listen_port, msg.boot
@@ -303,39 +247,7 @@ def _encode_body(msg: Message) -> tuple[int, bytes]:
     raise ValueError(f"not an overlay message: {msg!r}")
 
 
-# A flooded LSA is the same body on every link: a node receives each instance once per
-# neighbour and sends it to all but one, and relays pass the object on unchanged. So LSA bodies
-# are decoded once per distinct body and encoded once per object (bounded; the identity cache
-# holds the object, so its id cannot be reused while the entry lives). Lsa is immutable.
-_LSA_CACHE_MAX = 4096
-_LSAS: dict[bytes, Lsa] = {}  # body -> the Lsa it decodes to
-_LSA_BODIES: dict[int, tuple[Lsa, bytes]] = {}  # id(lsa) -> (lsa, its body)
-
-
-def _remember_lsa(lsa: Lsa, body: bytes) -> None:
-    if len(_LSA_BODIES) >= _LSA_CACHE_MAX:
-        _LSA_BODIES.clear()
-    _LSA_BODIES[id(lsa)] = (lsa, body)
-
-
 # -- body decoding --------------------------------------------------------------------------------
-
-
-class _Malformed(Exception):
-    """Raised inside body decoding; turned into FrameError(MALFORMED) at the boundary."""
-
-
-def _strings(body: bytes, pos: int, count: int) -> tuple[list[str], int]:
-    out = []
-    for _ in range(count):
-        n = body[pos]  # IndexError past the end
-        nxt = pos + 1 + n
-        raw = body[pos + 1 : nxt]
-        if n == 0 or len(raw) != n:
-            raise _Malformed("bad string length")
-        out.append(raw.decode("utf-8"))  # UnicodeDecodeError
-        pos = nxt
-    return out, pos
 
 
 def _decode_body(kind: int, body: bytes) -> Message:
@@ -370,15 +282,7 @@ def _decode_body(kind: int, body: bytes) -> Message:
             raise _Malformed("probe time is not finite")
         msg = ProbeReply(nonce, sent)
     elif kind == _LSA:
-        cached = _LSAS.get(body)
-        if cached is not None:
-            return cached
-        msg = _decode_lsa(body)
-        if len(_LSAS) >= _LSA_CACHE_MAX:
-            _LSAS.clear()
-        _LSAS[body] = msg
-        _remember_lsa(msg, body)
-        return msg
+        return decode_lsa(body)
     elif kind == _HELLO:
         (node_id,), pos = _strings(body, 0, 1)
         port, boot = _HELLO_TAIL.unpack_from(body, pos)
@@ -389,23 +293,6 @@ def _decode_body(kind: int, body: bytes) -> Message:
     if pos != len(body):
         raise _Malformed(f"{len(body) - pos} trailing bytes")
     return msg
-
-
-def _decode_lsa(body: bytes) -> Lsa:
-    (origin,), pos = _strings(body, 0, 1)
-    seq, count = _LSA_MID.unpack_from(body, pos)
-    pos += _LSA_MID.size
-    links = []
-    for _ in range(count):
-        (neighbour,), pos = _strings(body, pos, 1)
-        latency, loss, throughput, up = _ADVERT_TAIL.unpack_from(body, pos)
-        pos += _ADVERT_TAIL.size
-        if not (latency >= 0 and throughput >= 0 and 0.0 <= loss <= 1.0 and up <= 1):
-            raise _Malformed(f"LinkAdvert to {neighbour!r} out of range")
-        links.append(LinkAdvert(neighbour, latency, loss, throughput, bool(up)))
-    if pos != len(body):
-        raise _Malformed(f"{len(body) - pos} trailing bytes")
-    return Lsa(origin, seq, tuple(links))
 
 
 _KINDS = frozenset(int(k) for k in MsgType)

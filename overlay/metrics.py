@@ -61,11 +61,17 @@ Throughput (bytes/s)
     ``throughput = min(D, B)``, the terms that are known (``0.0`` if neither is):
 
     * ``D``, delivery rate: the latest ``tcpi_delivery_rate`` sample that was not
-      application-limited. An app-limited sample only measures how much the application offered,
-      so it is ignored, except that one *above* ``D`` raises it (it is a lower bound on what the
-      path can carry: draft-cheng-iccrg-delivery-rate-estimation; Linux BBR's bandwidth filter
-      takes app-limited samples only when they reach its current maximum, the same rule). Kept
-      across reconnects: it describes the path, not the connection.
+      application-limited, taken once the connection delivered data (``tcpi_delivered > 1``).
+      An app-limited sample only measures how much the application offered, a lower bound on
+      what the path can carry, so it never caps the figure: it is ignored, except that one
+      *above* ``D`` raises it (draft-cheng-iccrg-delivery-rate-estimation; Linux BBR's bandwidth
+      filter takes app-limited samples only when they reach its current maximum, the same
+      rule). Before any data is delivered (``tcpi_delivered <= 1``, the SYN alone) the sample is
+      the handshake's, one sequence number over a round trip, ~50 B/s on a 20 ms link: it times
+      the RTT, not the path, and Linux flags it app-limited (``tcp_init_sock`` starts every
+      socket with ``app_limited = ~0U``), so it is ignored whatever its flag says. Until a
+      non-app-limited data sample exists, ``D`` is unknown and the throughput is ``B`` alone.
+      Kept across reconnects: it describes the path, not the connection.
     * ``B``, the throughput the link's congestion control sustains at the measured loss and RTT:
       the closed form of Padhye, Firoiu, Towsley and Kurose, "Modeling TCP Throughput: A Simple
       Model and its Empirical Validation", SIGCOMM 1998 (PFTK), in packets/s times the MSS,
@@ -357,9 +363,12 @@ class LinkEstimator:
         if 0 < info.min_rtt < _U32_MAX:
             self._min_rtt_tcp = info.min_rtt / 1e6
 
-        # Throughput inputs.
+        # Throughput inputs. Until a data segment is delivered the only sample is the
+        # handshake's, one sequence number (the SYN) over a round trip: it times the RTT, not
+        # the path. Linux flags it app-limited (tcp_init_sock starts every socket with
+        # app_limited = ~0U); a sampler that does not must not make it the estimate.
         rate = float(info.delivery_rate)
-        if rate > 0:
+        if rate > 0 and info.delivered > 1:
             if not info.delivery_rate_app_limited:
                 self._delivery_rate = rate
             elif self._delivery_rate is not None and rate > self._delivery_rate:

@@ -36,7 +36,6 @@ here; all in ``stats.drops`` under the reason's name, logged at most once per se
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import random
@@ -62,10 +61,11 @@ from overlay.messages import Data, DataAck, LinkAdvert, Lsa, Message, Probe, Pro
 from overlay.metrics import LinkEstimator, LinkQuality
 from overlay.peerlink import LinkClosed, PeerLink, PeerLinks
 from overlay.routing import POLICIES, PathMetrics, Router
+from overlay.subscription import Subscription
 from overlay.types import Delivery, LinkChange, NodeStats, OverlayEvent, PathChange, PathQuality
 from tcpstack.api import Stack
 
-__all__ = ["OverlayNode", "open_node", "Subscription", "LinkClosed"]  # LinkClosed: old home
+__all__ = ["OverlayNode", "open_node", "Subscription", "LinkClosed"]  # Subscription, LinkClosed: old homes
 
 log = logging.getLogger(__name__)
 
@@ -76,53 +76,6 @@ SPF_DELAY = 0.05  # s to wait after a database change for the rest of the flood
 # Bytes of a Data frame that are not payload, with 64-character ids and a MAX_HOPS path: header,
 # sender and counter, MAC, src and dst, flow/msg_id/flags/hop/path_len, the path.
 DATA_OVERHEAD = (7 + 64 + 8) + 32 + 2 * 65 + 19 + MAX_HOPS * 65
-
-
-class Subscription:
-    """A bounded queue of path and link events; iterate it with ``async for``.
-
-    When ``maxlen`` events are waiting the oldest is dropped and counted in :attr:`dropped` (and
-    the node's ``stats.events_dropped``). Iteration ends when the node closes or after
-    :meth:`aclose`.
-    """
-
-    def __init__(self, node: OverlayNode, maxlen: int) -> None:
-        if maxlen < 1:
-            raise ValueError(f"maxlen must be >= 1, got {maxlen}")
-        self._node = node
-        self._queue: collections.deque[OverlayEvent] = collections.deque()
-        self._maxlen = maxlen
-        self._lot = trio.lowlevel.ParkingLot()
-        self.closed = False
-        self.dropped = 0
-
-    def _push(self, event: OverlayEvent) -> None:
-        if len(self._queue) >= self._maxlen:
-            self._queue.popleft()
-            self.dropped += 1
-            self._node.stats.events_dropped += 1
-        self._queue.append(event)
-        self._lot.unpark_all()
-
-    def _close(self) -> None:
-        self.closed = True
-        self._lot.unpark_all()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> OverlayEvent:
-        while not self._queue:
-            if self.closed:
-                raise StopAsyncIteration
-            await self._lot.park()
-        await trio.lowlevel.checkpoint()
-        return self._queue.popleft()
-
-    async def aclose(self) -> None:
-        self._node._subscribers.discard(self)
-        self._close()
-        await trio.lowlevel.checkpoint()
 
 
 class OverlayNode:
@@ -251,7 +204,7 @@ class OverlayNode:
         return self.lsdb.graph().copy()
 
     def subscribe(self, maxlen: int = 1024) -> Subscription:
-        sub = Subscription(self, maxlen)
+        sub = Subscription(maxlen, stats=self.stats, subscribers=self._subscribers)
         if self._closed:
             sub._close()
         else:

@@ -86,8 +86,11 @@ class RateSampler:
         self.delivered_time = 0.0  # when ``delivered`` last grew
         self.first_tx_time = 0.0  # send time of the most recently delivered segment
         # The draft's C.app_limited: the ``delivered`` value until which samples are
-        # app-limited; 0 when the connection is not app-limited.
-        self.app_limited = 0
+        # app-limited; 0 when the connection is not app-limited. A new connection starts
+        # marked, as Linux's tcp_init_sock sets app_limited = ~0U: what it sends before its
+        # first ACK (the SYN) says nothing about the path's capacity. -1 is cleared by the
+        # first rate sample, as ~0U is by Linux's wrapping after(delivered, app_limited).
+        self.app_limited = -1
         # The sample reported as the connection's delivery rate (Linux rate_delivered,
         # rate_interval_us, rate_app_limited in tcp_info).
         self.rate_delivered = 0

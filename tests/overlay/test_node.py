@@ -29,9 +29,11 @@ from overlay.messages import (
     Message,
     Probe,
 )
+from overlay.metrics import LinkQuality
 from overlay.node import OverlayNode, Subscription
 from overlay.peerlink import FLOOD_PACING, PeerLink, PeerLinks
 from overlay.routing import PathMetrics, Router
+from overlay.subscription import Subscription as Home
 from overlay.types import Delivery, LinkChange, NodeStats, OverlayEvent, PathChange
 
 # a - b direct is the short path; a - c - b the detour.
@@ -647,3 +649,23 @@ def test_reselect_computes_alternates_only_when_the_path_may_change(
     router.update(_square(4, 0.02, math.inf))  # an infinite latency is no usable edge
     (down,) = table.reselect(4.1)
     assert down.reason == "down" and down.new == ("s", "a", "d") and len(calls) == searched + 1
+
+
+async def test_subscription_is_bounded_counts_drops_and_ends_on_aclose() -> None:
+    assert Subscription is Home  # still importable from overlay.node
+    with pytest.raises(ValueError, match="maxlen"):
+        Home(0, stats=NodeStats(), subscribers=set())
+    stats, subscribers = NodeStats(), set[Subscription]()
+    sub = Home(2, stats=stats, subscribers=subscribers)
+    subscribers.add(sub)
+    quality = LinkQuality("b", True, 0.01, 0.01, 0.0, 1e6, 1, 0.0)
+    events = [LinkChange("b", i % 2 == 0, float(i), quality) for i in range(3)]
+    for event in events:
+        sub._push(event)
+    # The oldest gave way; the node's counter saw the drop too.
+    assert (sub.dropped, stats.events_dropped) == (1, 1)
+    assert await sub.__anext__() is events[1]
+    await sub.aclose()
+    assert sub not in subscribers
+    # What was queued is still delivered, then iteration ends.
+    assert [e async for e in sub] == [events[2]]

@@ -305,6 +305,8 @@ PFTK_50MS = 792_541.8
 
 
 def busy(**fields: Any) -> TCPInfo:
+    """A connection that has delivered data (the SYN plus 99 data segments)."""
+    fields.setdefault("delivered", 100)
     return snap(rtt=50_000, min_rtt=50_000, rto=200_000, bytes_acked=1, **fields)
 
 
@@ -360,6 +362,31 @@ def test_app_limited_samples_are_ignored() -> None:
     # An app-limited sample above the estimate is still a lower bound on capacity: it raises it.
     est.on_info(busy(delivery_rate=600_000, delivery_rate_app_limited=True), 4.0)
     assert est.throughput() == 600_000.0
+
+
+def test_the_handshakes_rate_sample_is_not_the_links_throughput() -> None:
+    # What a peer link's first snapshots carry (tcpstack, 20 ms link): the SYN's delivery,
+    # one sequence number over a round trip, reported as 50 B/s and not flagged app-limited;
+    # then the Hello and probes, app-limited samples of a few kB/s. Neither measured what the
+    # path can carry, so neither may be the advertised throughput: it is the response function.
+    est = estimator()
+    hello = snap(rtt=20_000, min_rtt=20_000, rto=200_000, delivered=1)
+    est.on_info(attrs.evolve(hello, delivery_rate=50), 0.02)
+    expected = tcp_throughput(1460, 0.02, 0.2, 0.001)
+    assert est.throughput() == pytest.approx(expected, rel=1e-12)
+    for t, rate, delivered in ((1.0, 3_199, 2), (2.0, 5_699, 5)):
+        est.on_info(
+            attrs.evolve(hello, delivery_rate=rate, delivery_rate_app_limited=True,
+                         delivered=delivered), t,
+        )
+        assert est.throughput() == pytest.approx(expected, rel=1e-12)
+    # A data sample that filled the window is a measurement, and caps the figure.
+    est.on_info(attrs.evolve(hello, delivery_rate=40_000, delivered=60), 3.0)
+    assert est.throughput() == 40_000.0
+    # A reconnect's handshake sample does not replace it either.
+    est.on_info(attrs.evolve(hello, delivery_rate=45), 4.0, epoch=2)
+    assert est.throughput() == 40_000.0
+    assert est.advert(4.0).throughput == 40_000.0
 
 
 def test_throughput_follows_loss() -> None:

@@ -14,10 +14,19 @@ ISS = 5_000
 class Flow:
     """A sender (scoreboard + sampler) whose ACKs the test schedules by hand."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, handshake: bool = True) -> None:
         self.sb = Scoreboard()
         self.rate = RateSampler()
         self.nxt = ISS
+        if handshake:
+            # The SYN (one sequence number below ISS here) and its ACK, before t = 0: the
+            # connection starts marked app-limited and this first sample clears the mark.
+            self.sb.on_sent(ISS - 1, ISS, -0.1, retransmit=False, rate=self.rate)
+            self.sb.on_ack(ISS, [], -0.05, MSS, rate=self.rate)
+            self.syn_sample = self.rate.sample(-0.05)
+            self.base = self.rate.delivered
+        else:
+            self.base = 0
 
     def send(self, now: float, n: int = MSS) -> None:
         self.sb.on_sent(self.nxt, self.nxt + n, now, retransmit=False, rate=self.rate)
@@ -55,7 +64,7 @@ def test_steady_stream_gives_its_rate() -> None:
         assert s.delivered == 50 * MSS
         assert s.acked_sacked == MSS and not s.is_app_limited
     assert f.rate.delivery_rate == pytest.approx(MSS / period, rel=1e-6)
-    assert f.rate.delivered == n * MSS
+    assert f.rate.delivered - f.base == n * MSS
 
 
 def test_rate_is_bounded_by_the_send_phase_under_ack_compression() -> None:
@@ -79,6 +88,23 @@ def test_rate_is_bounded_by_the_send_phase_under_ack_compression() -> None:
     s = g.ack(ISS + 10 * MSS, 0.095)
     assert s.send_interval == pytest.approx(0.0)
     assert s.interval == pytest.approx(0.095)
+
+
+def test_a_new_connection_starts_app_limited_until_its_first_sample() -> None:
+    # Linux's tcp_init_sock sets app_limited = ~0U: what is sent before the first ACK (the SYN)
+    # measures nothing about the path, so its sample is flagged, and the flag then clears.
+    f = Flow(handshake=False)
+    assert f.rate.app_limited != 0
+    f.send(0.0, 1)
+    f.sb.on_ack(ISS + 1, [], 0.05, MSS, rate=f.rate)
+    s = f.rate.sample(0.05)
+    assert s.valid and s.is_app_limited and f.rate.rate_app_limited
+    assert f.rate.app_limited == 0
+    # Data sent after that first sample is network-limited unless marked.
+    for k in range(4):
+        f.send(0.06 + k * 0.001)
+    s = f.ack(ISS + 1 + 4 * MSS, 0.11)
+    assert s.valid and not s.is_app_limited and not f.rate.rate_app_limited
 
 
 def test_idle_time_is_not_counted() -> None:
@@ -136,16 +162,17 @@ def test_app_limited_sample_higher_than_retained_is_kept() -> None:
 
 def test_not_app_limited_when_cwnd_limited_or_data_waits() -> None:
     r = RateSampler()
+    initial = r.app_limited  # a new connection's mark, cleared by its first sample
     assert not r.on_app_limited(10 * MSS, unsent_bytes=0, mss=MSS, cwnd=10 * MSS)  # cwnd full
     assert not r.on_app_limited(0, unsent_bytes=MSS, mss=MSS, cwnd=10 * MSS)  # data to send
     assert not r.on_app_limited(0, unsent_bytes=0, mss=MSS, cwnd=10 * MSS, lost_segments=1)
-    assert r.app_limited == 0
+    assert r.app_limited == initial  # none of these marked it
     assert r.on_app_limited(0, unsent_bytes=0, mss=MSS, cwnd=10 * MSS)
     assert r.app_limited == 1  # never 0 while marked, even before anything was delivered
 
 
 def test_invalid_samples() -> None:
-    f = Flow()
+    f = Flow(handshake=False)
     f.send(0.0)
     f.send(0.0)
     s = f.ack(ISS, 0.01)  # nothing delivered
@@ -158,7 +185,7 @@ def test_invalid_samples() -> None:
 
 
 def test_sample_taken_from_most_recently_sent_segment() -> None:
-    f = Flow()
+    f = Flow(handshake=False)
     for k in range(4):
         f.send(k * 0.01)
     # Segment 4 (sent last) is SACKed, segment 1 cumulatively acked in the same ACK.
