@@ -230,14 +230,19 @@ async def test_non_root_gets_one_line_naming_the_capability() -> None:
 # ---------------------------------------------------------------------------- in namespaces
 
 
-@pytest.fixture
-def net() -> Iterator[Net]:
+def _testnet(subnet: int, *, offloads_on: bool) -> Iterator[Net]:
     if SKIP is not None:
         pytest.skip(SKIP)
-    with Net.create(subnet=5) as testnet:
+    with Net.create(subnet=subnet) as testnet:
         for ns, dev in ((testnet.client, testnet.client_dev), (testnet.server, testnet.server_dev)):
-            offloads(ns, dev, on=False)
+            offloads(ns, dev, on=offloads_on)
         yield testnet
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    """Veth offloads off: every packet arrives with a complete checksum, one MSS at a time."""
+    yield from _testnet(5, offloads_on=False)
 
 
 @contextlib.contextmanager
@@ -287,12 +292,7 @@ async def test_receives_exactly_the_filtered_ipv4_packets(net: Net, backend: str
 @pytest.fixture
 def net_offloading() -> Iterator[Net]:
     """Veth offloads as the kernel sets them (on): the case of most users' testbeds."""
-    if SKIP is not None:
-        pytest.skip(SKIP)
-    with Net.create(subnet=7) as testnet:
-        for ns, dev in ((testnet.client, testnet.client_dev), (testnet.server, testnet.server_dev)):
-            offloads(ns, dev, on=True)
-        yield testnet
+    yield from _testnet(7, offloads_on=True)
 
 
 @pytest.mark.parametrize("backend", ["pcap", "afpacket"])
