@@ -86,18 +86,25 @@ class SendBuffer:
         self._end += n
         return n
 
-    def data(self, seq: int, length: int) -> bytes:
-        """Up to ``length`` bytes from ``seq`` (``start <= seq``), fewer past ``end``."""
+    def _locate(self, seq: int, length: int) -> tuple[int, int, int]:
+        """(chunk index, offset in it, length clipped at ``end``) of ``length`` bytes at ``seq``;
+        the index is meaningless when the clipped length is 0."""
         if seq < self.start:
             raise ValueError(f"{seq} is below the send buffer's start {self.start}")
         length = min(length, self._end - seq)
         if length <= 0:
-            return b""
+            return 0, 0, 0
         starts = self._starts
-        chunks = self._chunks
         i = bisect_right(starts, seq, lo=self._head) - 1
+        return i, seq - starts[i], length
+
+    def data(self, seq: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``seq`` (``start <= seq``), fewer past ``end``."""
+        i, off, length = self._locate(seq, length)
+        if length == 0:
+            return b""
+        chunks = self._chunks
         chunk = chunks[i]
-        off = seq - starts[i]
         if off + length <= len(chunk):
             if off == 0 and length == len(chunk) and type(chunk) is bytes:
                 return chunk
@@ -121,15 +128,10 @@ class SendBuffer:
         """
         if not self.views:
             return self.data(seq, length)
-        if seq < self.start:
-            raise ValueError(f"{seq} is below the send buffer's start {self.start}")
-        length = min(length, self._end - seq)
-        if length <= 0:
+        i, off, length = self._locate(seq, length)
+        if length == 0:
             return b""
-        starts = self._starts
-        i = bisect_right(starts, seq, lo=self._head) - 1
         chunk = self._chunks[i]
-        off = seq - starts[i]
         if off + length > len(chunk):
             return self.data(seq, length)
         if off == 0 and length == len(chunk):
