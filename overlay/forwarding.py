@@ -24,7 +24,17 @@ Reliability (:class:`Sender`, :class:`Deduplicator`). A reliable message stays i
 send window until its ``DataAck`` (sent by the destination back along the reversed path)
 arrives. The retransmission timeout is computed per destination as in RFC 6298 (SRTT, RTTVAR,
 Karn's rule: no samples from retransmitted messages; exponential backoff on expiry) with bounds
-``min_rto``/``max_rto``; a message is given up (counted) after ``give_up`` seconds. The window is
+``min_rto``/``max_rto``; a message is given up (counted) after ``give_up`` seconds.
+
+A message's timer runs from when it was (re)sent, and, as TCP's does (RFC 6298 5.3), restarts
+whenever a later message on the same path is acknowledged: a path whose acks keep coming is
+delivering, however long the queue in front of a message. Without the restart a bulk sender
+retransmits whatever waits in the first hop's queue longer than one RTO (a window of 256
+messages of 8 kB queued behind a 500 kB/s link waits 4 s), adding copies to the very queue
+that delayed them. A message still unacknowledged when ``dupthresh`` messages sent after it on
+the same path have been (paths are FIFO: every relay forwards in order over one TCP stream, and
+the acks come back the same way) is lost, and is resent at once without backoff, as TCP's fast
+retransmit does after three duplicate ACKs (RFC 5681 3.2). The window is
 bounded (``window`` messages), which is what makes :meth:`OverlayNode.send` block. The
 destination delivers each ``(src, msg_id)`` once: it remembers the last ``dedupe_window`` ids
 per source (and ``max_sources`` sources, least recently heard evicted first); a retransmission
@@ -35,6 +45,7 @@ previous ids.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -96,9 +107,11 @@ class Pending:
     path: tuple[str, ...] | None  # None while there is no route
     first_sent: float
     last_sent: float
-    deadline: float  # retransmission due
+    deadline: float  # retransmission due, unless a later message on the path is acked
     rto: float
+    order: int = 0  # position in the send order (the window is kept in this order)
     attempts: int = 1
+    later_acks: int = 0  # messages sent after this one on its path, acked since it was sent
 
 
 class Sender:
@@ -112,10 +125,13 @@ class Sender:
         min_rto: float = 0.2,
         max_rto: float = 8.0,
         give_up: float = 60.0,
+        dupthresh: int = 3,
         rng: random.Random | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        if dupthresh < 1:
+            raise ValueError(f"dupthresh must be >= 1, got {dupthresh}")
         if not 0 < min_rto <= initial_rto <= max_rto:
             raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
         self.window = window
@@ -123,9 +139,15 @@ class Sender:
         self.min_rto = min_rto
         self.max_rto = max_rto
         self.give_up = give_up
+        self.dupthresh = dupthresh
         self._next_id = (rng or random.Random()).getrandbits(48)
-        self._pending: dict[int, Pending] = {}
+        self._pending: dict[int, Pending] = {}  # in send order (``Pending.order``)
+        self._order = 0
+        #: set by :meth:`on_ack` when a message was found lost (:meth:`due` has it at once)
+        self.lost_found = False
         self._rtt: dict[str, RttEstimator] = {}
+        # When a message on (dst, path) was last acknowledged: restarts the timers on it.
+        self._last_ack: dict[tuple[str, tuple[str, ...] | None], float] = {}
 
     @property
     def in_flight(self) -> int:
@@ -157,7 +179,10 @@ class Sender:
         if self.space <= 0:
             raise RuntimeError("send window full")
         rto = self.estimator(dst).rto
-        entry = Pending(msg_id, dst, flow, policy, payload, path, now, now, now + rto, rto)
+        self._order += 1
+        entry = Pending(
+            msg_id, dst, flow, policy, payload, path, now, now, now + rto, rto, self._order
+        )
         self._pending[msg_id] = entry
         return entry
 
@@ -170,19 +195,54 @@ class Sender:
         del self._pending[ack.msg_id]
         if entry.attempts == 1:  # Karn: a retransmitted message's ack is ambiguous
             self.estimator(entry.dst).sample(now - entry.last_sent)
+        key = (entry.dst, entry.path)
+        self._last_ack[key] = now
+        if len(self._last_ack) > 4 * self.window:  # paths no longer in use
+            live = {(e.dst, e.path) for e in self._pending.values()}
+            self._last_ack = {k: t for k, t in self._last_ack.items() if k in live}
+        if entry.attempts > 1:
+            # Which copy arrived is unknown (Karn's ambiguity): no inference about the others.
+            return entry
+        # Messages sent before this one on the same path and still unacknowledged. In send
+        # order those are the entries ahead of it: none when acks come in order.
+        for other in self._pending.values():
+            if other.order > entry.order:
+                break
+            if (
+                other.path == entry.path
+                and other.dst == entry.dst
+                and other.last_sent <= entry.last_sent
+            ):
+                other.later_acks += 1
+                if other.later_acks == self.dupthresh and other.path is not None:
+                    self.lost_found = True
         return entry
 
-    def due(self, now: float) -> tuple[list[Pending], list[Pending]]:
-        """(messages whose timer expired, messages given up and removed)."""
-        resend: list[Pending] = []
+    def _timer_deadline(self, entry: Pending) -> float:
+        """When ``entry``'s timer expires: one RTO (the destination's current one, or the
+        message's backed-off one if larger) after it was sent or after the last ack on its
+        path, whichever is later."""
+        rto = max(entry.rto, self.estimator(entry.dst).rto)
+        last_ack = self._last_ack.get((entry.dst, entry.path))
+        start = entry.last_sent if last_ack is None else max(entry.last_sent, last_ack)
+        return max(entry.deadline, start + rto)
+
+    def due(self, now: float) -> tuple[list[Pending], list[Pending], list[Pending]]:
+        """(messages whose timer expired, messages found lost by later acks (resend without
+        backoff), messages given up and removed)."""
+        self.lost_found = False
+        timed_out: list[Pending] = []
+        lost: list[Pending] = []
         expired: list[Pending] = []
         for entry in list(self._pending.values()):
             if now - entry.first_sent >= self.give_up:
                 del self._pending[entry.msg_id]
                 expired.append(entry)
-            elif entry.deadline <= now:
-                resend.append(entry)
-        return resend, expired
+            elif entry.later_acks >= self.dupthresh and entry.path is not None:
+                lost.append(entry)
+            elif self._timer_deadline(entry) <= now:
+                timed_out.append(entry)
+        return timed_out, lost, expired
 
     def sent_again(
         self, entry: Pending, path: tuple[str, ...] | None, now: float, *, backoff: bool = True
@@ -191,6 +251,7 @@ class Sender:
         done for an immediate resend after a link failure (the timer did not expire)."""
         entry.path = path
         entry.attempts += 1
+        entry.later_acks = 0
         entry.last_sent = now
         if backoff:
             entry.rto = min(self.max_rto, entry.rto * 2)
@@ -210,9 +271,15 @@ class Sender:
         return [e for e in self._pending.values() if e.dst == dst and e.policy == policy]
 
     def next_deadline(self) -> float | None:
+        """When :meth:`due` next has something (already passed for a message found lost)."""
         if not self._pending:
             return None
-        return min(min(e.deadline, e.first_sent + self.give_up) for e in self._pending.values())
+        soonest = math.inf
+        for e in self._pending.values():
+            if e.later_acks >= self.dupthresh and e.path is not None:
+                return e.last_sent
+            soonest = min(soonest, self._timer_deadline(e), e.first_sent + self.give_up)
+        return soonest
 
 
 def _crosses(path: tuple[str, ...], u: str, v: str) -> bool:

@@ -401,6 +401,8 @@ class OverlayNode:
         elif self._sender.on_ack(ack, now) is not None:
             self.stats.acked += 1
             self._window_lot.unpark_all()
+            if self._sender.lost_found:
+                self._timer_kick.set()
 
     def _drop(self, link: PeerLink, reason: str, now: float) -> None:
         self.links.drop(link, reason, now)
@@ -530,9 +532,11 @@ class OverlayNode:
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._timer_kick.wait()
             now = trio.current_time()
-            resend, expired = self._sender.due(now)
-            for entry in resend:
+            timed_out, lost, expired = self._sender.due(now)
+            for entry in timed_out:
                 self._resend(entry, now, backoff=True)
+            for entry in lost:  # later messages on its path were acked: no backoff
+                self._resend(entry, now, backoff=False)
             if expired:
                 self.stats.expired += len(expired)
                 log.warning("%s: gave up on %d message(s)", self.node_id, len(expired))

@@ -12,6 +12,7 @@ from overlay.forwarding import (
     MAX_HOPS,
     Deduplicator,
     FlowTable,
+    Pending,
     RouteTable,
     RttEstimator,
     Sender,
@@ -109,9 +110,9 @@ def test_retransmission_timer_backs_off_and_karn_skips_retransmitted_samples() -
     m = s.new_id()
     entry = s.track(m, "d", 0, "latency", b"p", ("s", "d"), 0.0)
     assert s.next_deadline() == 1.0
-    assert s.due(0.99) == ([], [])
-    resend, expired = s.due(1.0)
-    assert resend == [entry] and expired == []
+    assert s.due(0.99) == ([], [], [])
+    timed_out, lost, expired = s.due(1.0)
+    assert timed_out == [entry] and lost == [] and expired == []
     s.sent_again(entry, ("s", "x", "d"), 1.0)
     assert entry.rto == 2.0 and entry.deadline == 3.0 and entry.attempts == 2
     s.sent_again(entry, ("s", "x", "d"), 3.0)
@@ -138,10 +139,72 @@ def test_immediate_resend_after_failure_does_not_back_off() -> None:
 def test_messages_are_given_up_after_the_deadline() -> None:
     s = Sender(give_up=5.0)
     s.track(s.new_id(), "d", 0, "latency", b"p", None, 0.0)
-    resend, expired = s.due(4.0)
-    assert len(resend) == 1 and expired == []
-    resend, expired = s.due(5.0)
-    assert resend == [] and len(expired) == 1 and s.in_flight == 0
+    timed_out, _, expired = s.due(4.0)
+    assert len(timed_out) == 1 and expired == []
+    timed_out, _, expired = s.due(5.0)
+    assert timed_out == [] and len(expired) == 1 and s.in_flight == 0
+
+
+def _ack(s: Sender, entry: Pending, now: float) -> None:
+    assert entry.path is not None
+    assert s.on_ack(DataAck(entry.dst, "s", entry.msg_id, entry.path[::-1], 1), now) is entry
+
+
+def test_acks_on_a_path_restart_the_timers_of_messages_queued_behind_them() -> None:
+    # RFC 6298 5.3 for the overlay: a bulk of messages queued behind a slow first hop is not
+    # retransmitted while the acks of the ones ahead keep coming.
+    s = Sender(window=64, initial_rto=1.0, min_rto=0.2, max_rto=8.0)
+    path = ("s", "b", "d")
+    queued = [s.track(s.new_id(), "d", 0, "throughput", b"p", path, 0.0) for _ in range(40)]
+    for k, entry in enumerate(queued[:30]):  # one ack every 0.1 s, in order
+        now = 0.5 + 0.1 * k
+        _ack(s, entry, now)
+        assert s.due(now) == ([], [], [])
+    # 3.4 s after the rest were sent, they are still not due: the last ack was at 3.4 s.
+    assert s.due(3.4 + 0.99 * s.estimator("d").rto) == ([], [], [])
+    # The acks stop: one RTO after the last one, the timers expire.
+    deadline = s.next_deadline()
+    assert deadline is not None and deadline > 3.4
+    timed_out, lost, _ = s.due(deadline)
+    assert timed_out == queued[30:] and lost == []
+
+
+def test_acks_on_another_path_do_not_hold_a_message_back() -> None:
+    s = Sender(window=8, initial_rto=1.0)
+    stuck = s.track(s.new_id(), "d", 0, "latency", b"p", ("s", "b", "d"), 0.0)
+    for k in range(5):
+        other = s.track(s.new_id(), "d", 1, "latency", b"p", ("s", "c", "d"), 0.1 * k)
+        _ack(s, other, 0.1 * k + 0.05)
+    timed_out, lost, _ = s.due(1.0)
+    assert timed_out == [stuck] and lost == []
+
+
+def test_a_message_passed_by_dupthresh_later_acks_on_its_path_is_lost_and_resent_at_once() -> None:
+    s = Sender(window=16, initial_rto=1.0, dupthresh=3)
+    path = ("s", "b", "d")
+    first, *later = [s.track(s.new_id(), "d", 0, "latency", b"p", path, 0.0) for _ in range(4)]
+    for k, entry in enumerate(later[:2]):
+        _ack(s, entry, 0.1 + 0.01 * k)
+        assert not s.lost_found and s.due(0.2) == ([], [], [])
+    _ack(s, later[2], 0.12)  # the third later message acknowledged: `first` is lost
+    assert s.lost_found
+    assert s.next_deadline() == 0.0  # due at once, long before its RTO
+    timed_out, lost, _ = s.due(0.12)
+    assert timed_out == [] and lost == [first] and not s.lost_found
+    s.sent_again(first, path, 0.12, backoff=False)
+    assert first.rto == 1.0 and first.later_acks == 0
+    assert s.due(0.5) == ([], [], [])
+
+
+def test_the_ack_of_a_retransmitted_message_says_nothing_about_the_others() -> None:
+    # Karn's ambiguity: the ack may be the first copy's, sent before the others.
+    s = Sender(window=16, initial_rto=1.0, dupthresh=1)
+    path = ("s", "b", "d")
+    old = s.track(s.new_id(), "d", 0, "latency", b"p", path, 0.0)
+    newer = s.track(s.new_id(), "d", 0, "latency", b"p", path, 0.5)
+    s.sent_again(old, path, 1.0)
+    _ack(s, old, 1.05)
+    assert newer.later_acks == 0 and not s.lost_found
 
 
 def test_message_ids_start_at_a_random_base() -> None:

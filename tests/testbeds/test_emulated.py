@@ -316,6 +316,33 @@ async def test_overlay_nodes_route_over_the_topology_and_record_path_changes(
     assert by_peer["b"] < by_peer["c"]  # the link model's delays show in the overlay's metrics
 
 
+async def test_a_bulk_of_reliable_messages_is_not_retransmitted_while_its_acks_keep_coming(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 160 messages of 8 kB at once queue ~5 s of data behind a 250 kB/s first hop, far longer
+    # than the end-to-end RTO; the path delivers all along, so nothing may be sent twice (each
+    # copy would join the queue that delayed the original) and the goodput is the link's.
+    rate, count, size = 250_000.0, 160, 8_000
+    async with EmulatedTestbed(line(rate=rate, delay=0.02), seed=2, sample_interval=0) as tb:
+        src, dst = tb.node("a"), tb.node("c")
+        while src.best_path("c", "throughput") is None:
+            await trio.sleep(0.1)
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                for _ in range(count):
+                    await src.send("c", bytes(size), policy="throughput")
+
+            nursery.start_soon(send)
+            for _ in range(count):
+                await dst.receive()
+        elapsed = trio.current_time() - start
+        assert src.stats.retransmitted == 0
+        assert src.stats.acked <= count and dst.stats.delivered == count
+    assert count * size / elapsed > 0.85 * rate
+
+
 async def test_scenario_measures_failover_around_a_cut_link(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
