@@ -15,6 +15,8 @@ import collections
 import heapq
 import math
 import operator
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "Adjacency",
@@ -37,7 +39,8 @@ _INF = math.inf
 Edge = tuple[int, float, float, float, float, int, float]
 Adjacency = list[list[Edge]]  # u -> its out-edges
 WIDTH, LATENCY = 1, 2  # Edge columns
-Widest = tuple[tuple[int, ...], float, float, float, float]  # path, latency, width, keep, extra
+# path (of indices or labels), latency, width, keep, extra
+Widest = tuple[tuple[Any, ...], float, float, float, float]
 _NO_BAN: frozenset[tuple[int, int]] = frozenset()
 _WIDTH = operator.itemgetter(WIDTH)
 
@@ -105,15 +108,21 @@ def by_width(adj: Adjacency) -> list[Edge]:
 
 
 def widest(
-    adj: Adjacency, edges: list[Edge], source: int, avoid: int = -1
+    adj: Adjacency,
+    edges: list[Edge],
+    source: int,
+    avoid: int = -1,
+    labels: Sequence[Any] | None = None,
 ) -> dict[int, Widest]:
     """Widest path from ``source`` to every reachable node, least latency among the widest.
 
     ``edges`` is :func:`by_width` of ``adj``. Paths through ``avoid`` are not used. Among
     paths of equal bottleneck and equal latency the one found first wins. Per node, a
-    :data:`Widest`: the path, its latency, its width, and the product of ``keep`` and the sum
-    of ``extra`` over its edges, accumulated from the source (the router passes 1 - loss and
-    the composite cost, so no path has to be walked edge by edge again).
+    :data:`Widest`: the path (of node indices, or of ``labels[i]`` if given: the router's
+    node ids, so its table needs no second pass over every path), its latency, its width, and
+    the product of ``keep`` and the sum of ``extra`` over its edges, accumulated from the
+    source (the router passes 1 - loss and the composite cost, so no path has to be walked
+    edge by edge again).
 
     The bottleneck B(v) of a node is the largest ``b`` such that ``v`` is reachable over edges
     at least ``b`` wide; the answer for ``v`` is the least-latency path in that subgraph G_b.
@@ -142,8 +151,9 @@ def widest(
     append, popleft = queue.append, queue.popleft
     queued = [False] * n
     out: dict[int, Widest] = {}
-    paths: list[tuple[int, ...]] = [()] * n  # of the nodes read off, as they were then
-    paths[source] = (source,)
+    names: Sequence[Any] = range(n) if labels is None else labels
+    paths: list[tuple[Any, ...]] = [()] * n  # of the nodes read off, as they were then
+    paths[source] = (names[source],)
     seen = [0] * n  # the read-off at which a node's entry in paths was made
     readoffs = 0
     todo: list[int] = []  # reached at this level, out-edges not yet looked at
@@ -220,10 +230,10 @@ def widest(
             # off just before, whose path (fixed until the next level) is reused.
             readoffs += 1
             for t in pending:
-                chain = [t]
+                chain = [names[t]]
                 x = pred[t]
                 while x != source and seen[x] != readoffs:
-                    chain.append(x)
+                    chain.append(names[x])
                     x = pred[x]
                 chain.reverse()
                 path = paths[x] + tuple(chain)

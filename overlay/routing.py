@@ -47,7 +47,6 @@ import itertools
 import math
 from collections.abc import Sequence
 from math import log1p
-from operator import itemgetter
 from typing import Any
 
 import attrs
@@ -59,13 +58,13 @@ from overlay.pathsearch import (
     WIDTH,
     Adjacency,
     Edge,
-    Widest,
     by_width,
     dijkstra,
     walk,
     widest,
     widest_to,
 )
+from tcpstack.tcp.fastinit import fast_constructor
 
 __all__ = [
     "COMPOSITE_LOSS_SECONDS",
@@ -124,6 +123,10 @@ class PathMetrics:
     @property
     def hops(self) -> int:
         return len(self.path) - 1
+
+
+# Without attrs' per-field object.__setattr__: the router builds one per destination and policy.
+_new_metrics = fast_constructor(PathMetrics)
 
 
 def _approx_composite(m: PathMetrics, weights: tuple[float, float, float]) -> float:
@@ -210,7 +213,6 @@ class Router:
         self._out: Adjacency = []  # u -> its usable out-edges
         self._maps: list[dict[int, Edge]] | None = None  # u -> {v: Edge}, on demand
         self._by_width: list[Edge] | None = None
-        self._widest: dict[tuple[int, int], dict[int, Widest]] = {}
         self._preds: dict[tuple[str, int, int], list[int]] = {}
         self._best: dict[str, dict[str, PathMetrics]] = {}
         self._cands: dict[tuple[str, str, int], list[PathMetrics]] = {}
@@ -248,29 +250,39 @@ class Router:
         ignored = 0
         w_lat, w_loss, w_tp = self.weights
         scale, size = w_loss * COMPOSITE_LOSS_SECONDS, w_tp * COMPOSITE_MESSAGE_BYTES
+        inf, clamp, floor = _INF, LOSS_CLAMP, THROUGHPUT_FLOOR  # locals: this loop is per edge
         for i, (u, nbrs) in enumerate(succ.items()):
             row: list[Edge] = []
             out.append(row)
+            add = row.append
+            loop = u in nbrs  # a self-loop: looked for once per node, not per edge
             for v, d in nbrs.items():
                 try:  # subscripts: this loop runs once per edge and version
                     lat, loss, tp, up = d["latency"], d["loss"], d["throughput"], d["up"]
                 except KeyError:
                     lat, loss = d.get("latency"), d.get("loss", 0.0)
                     tp, up = d.get("throughput", 0.0), d.get("up", True)
-                if not up or u == v:
+                if not up or (loop and u == v):
                     continue
                 try:
-                    # Chained comparisons reject NaN too; a non-number raises TypeError.
-                    sane = 0.0 <= lat < _INF and 0.0 <= loss <= 1.0 and 0.0 <= tp < _INF
+                    # Every comparison with NaN is false; a non-number raises TypeError. (One
+                    # test, no bool stored: this runs per edge.)
+                    if not (
+                        lat >= 0.0
+                        and lat < inf
+                        and tp >= 0.0
+                        and tp < inf
+                        and loss >= 0.0
+                        and loss <= 1.0
+                    ):
+                        ignored += 1
+                        continue
                 except TypeError:
-                    sane = False
-                if not sane:
                     ignored += 1
                     continue
-                lc = -log1p(-(loss if loss < LOSS_CLAMP else LOSS_CLAMP))
-                comp = w_lat * lat + scale * lc
-                comp += size / (tp if tp > THROUGHPUT_FLOOR else THROUGHPUT_FLOOR)
-                row.append((index[v], tp, lat, 1.0 - loss, comp, i, lc))
+                lc = -log1p(-(loss if loss < clamp else clamp))
+                comp = w_lat * lat + scale * lc + size / (tp if tp > floor else floor)
+                add((index[v], tp, lat, 1.0 - loss, comp, i, lc))
         self._names, self._out = names, out
         self._index = index
         self.ignored_edges = ignored
@@ -283,28 +295,14 @@ class Router:
             self._maps = [{e[0]: e for e in row} for row in self._out]
         return self._maps
 
-    def _widest_from(self, source: int, avoid: int = -1) -> dict[int, Widest]:
-        found = self._widest.get((source, avoid))
-        if found is None:
-            self._compile()
-            if self._by_width is None:
-                self._by_width = by_width(self._out)
-            # keep = 1 - loss and extra = composite cost: the metrics come out of the search.
-            found = self._widest[(source, avoid)] = widest(
-                self._out, self._by_width, source, avoid
-            )
-        return found
-
     def _best_path(
         self, dst: int, policy: str, source: int, avoid: int = -1
     ) -> tuple[int, ...] | None:
-        """Best path from ``source`` to ``dst`` not through ``avoid``: one cached single-source
-        search per (policy, source, avoid) and graph version."""
+        """Best path from ``source`` to ``dst`` not through ``avoid`` under an additive
+        ``policy`` (throughput searches per destination, :func:`widest_to`): one cached
+        single-source search per (policy, source, avoid) and graph version."""
         if dst == source:
             return None
-        if policy == "throughput":
-            found = self._widest_from(source, avoid).get(dst)
-            return found[0] if found is not None else None
         key = (policy, source, avoid)
         pred = self._preds.get(key)
         if pred is None:
@@ -323,10 +321,13 @@ class Router:
             pass  # we are not in the graph: nothing is reachable
         elif policy == "throughput":
             names = self._names
-            for v, (ipath, lat, width, delivered, comp) in self._widest_from(source).items():
-                # itemgetter(*ipath) looks the ids up in C: twice as fast as map() here.
-                path = itemgetter(*ipath)(names)  # a tuple: every path has two nodes or more
-                table[names[v]] = PathMetrics(path, lat, 1.0 - delivered, width, comp)
+            if self._by_width is None:
+                self._by_width = by_width(self._out)
+            # keep = 1 - loss and extra = composite cost: the metrics come out of the search,
+            # and the paths come out in node ids.
+            found = widest(self._out, self._by_width, source, labels=names)
+            for v, (route, lat, width, delivered, comp) in found.items():
+                table[names[v]] = _new_metrics(route, lat, 1.0 - delivered, width, comp)
         else:
             pred, order, via = dijkstra(self._out, source, _COST_COLUMN[policy])
             self._preds[(policy, source, -1)] = pred
@@ -346,7 +347,7 @@ class Router:
                 w = p_width[u]
                 width = p_width[v] = e[1] if e[1] < w else w
                 comp = p_comp[v] = p_comp[u] + e[4]
-                table[names[v]] = PathMetrics(path, lat, 1.0 - delivered, width, comp)
+                table[names[v]] = _new_metrics(path, lat, 1.0 - delivered, width, comp)
         self._best[policy] = table
         return table
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import math
 import random
@@ -23,6 +24,7 @@ from overlay.routing import (
     PathSelector,
     Router,
     beats,
+    cost,
     loss_cost,
     sort_key,
 )
@@ -651,3 +653,76 @@ def test_best_all_metrics_are_exactly_those_of_the_path(seed: int, coarse: bool)
         for m in table.values():
             again = r.evaluate(m.path)
             assert again == m and again is not None and again.composite == m.composite
+
+
+def _reference_best(g: nx.DiGraph, source: str, policy: str) -> dict[str, tuple[float, float]]:
+    """Per destination the best (primary figure, latency) under ``policy``, by textbook
+    searches that share nothing with :mod:`overlay.pathsearch`.
+
+    Additive policies: Dijkstra on lexicographic (cost, latency) labels, per-edge costs from
+    the graph's attributes. ``throughput``: for each distinct edge width b, widest first,
+    networkx's Dijkstra on latency over the edges at least b wide; a node's bottleneck is the
+    first b that reaches it, its latency the distance found at that b.
+    """
+
+    def edge_cost(d: dict[str, float]) -> float:
+        if policy == "latency":
+            return d["latency"]
+        lc = loss_cost(d["loss"])
+        if policy == "loss":
+            return lc
+        return d["latency"] + lc + COMPOSITE_MESSAGE_BYTES / max(d["throughput"], 1.0)
+
+    if policy == "throughput":
+        out: dict[str, tuple[float, float]] = {}
+        edges = sorted(g.edges(data=True), key=lambda e: e[2]["throughput"], reverse=True)
+        sub = nx.DiGraph()
+        sub.add_node(source)
+        for b, group in itertools.groupby(edges, key=lambda e: e[2]["throughput"]):
+            sub.add_edges_from(group)  # now every edge at least b wide
+            for v, lat in nx.single_source_dijkstra_path_length(
+                sub, source, weight="latency"
+            ).items():
+                if v != source and v not in out:
+                    out[v] = (b, lat)
+        return out
+    best: dict[str, tuple[float, float]] = {source: (0.0, 0.0)}
+    heap = [(0.0, 0.0, source)]
+    done: set[str] = set()
+    while heap:
+        c, lat, u = heapq.heappop(heap)
+        if u in done:
+            continue
+        done.add(u)
+        for v, d in g[u].items():
+            label = (c + edge_cost(d), lat + d["latency"])
+            if v not in best or label < best[v]:
+                best[v] = label
+                heapq.heappush(heap, (*label, v))
+    del best[source]
+    return best
+
+
+@pytest.mark.parametrize("coarse", [True, False], ids=["ties", "no-ties"])
+@pytest.mark.parametrize("seed", range(8))
+def test_best_all_matches_textbook_searches_on_larger_graphs(seed: int, coarse: bool) -> None:
+    # Too many simple paths here for the brute force above. The primary figure must be
+    # exactly the reference's: both are the least (greatest, for the bottleneck) float sum
+    # accumulated from the source. For throughput the latency is exact too (both are the
+    # least latency over the same edge set); for the additive policies a tie in cost may
+    # round differently along two equal paths, so their latency tie-break is compared loosely.
+    g = _random_graph(100 + seed, n=70, p=0.07, coarse=coarse)
+    r = router(g, source="n0")
+    for policy in POLICIES:
+        table = r.best_all(policy)
+        want = _reference_best(g, "n0", policy)
+        assert table.keys() == want.keys()
+        for dst, (primary, latency) in want.items():
+            m = table[dst]
+            assert m.path[0] == "n0" and m.path[-1] == dst
+            assert r.evaluate(m.path) == m  # metrics are those of the path it returns
+            if policy == "throughput":
+                assert (m.throughput, m.latency) == (primary, latency)
+            else:
+                assert cost(m, policy) == pytest.approx(primary, rel=1e-12, abs=1e-15)
+                assert m.latency == pytest.approx(latency, rel=1e-9)
