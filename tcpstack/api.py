@@ -35,6 +35,18 @@ from tcpstack.tcp.events import Event
 from tcpstack.tcp.info import TCPInfo
 from tcpstack.tcp.state import TcpState
 
+# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
+# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
+# these are read many times per segment.
+_ST_CLOSED = TcpState.CLOSED
+_ST_CLOSE_WAIT = TcpState.CLOSE_WAIT
+_ST_CLOSING = TcpState.CLOSING
+_ST_ESTABLISHED = TcpState.ESTABLISHED
+_ST_FIN_WAIT_1 = TcpState.FIN_WAIT_1
+_ST_FIN_WAIT_2 = TcpState.FIN_WAIT_2
+_ST_LAST_ACK = TcpState.LAST_ACK
+_ST_TIME_WAIT = TcpState.TIME_WAIT
+
 __all__ = ["Stack", "TCPStream", "TCPListener", "StreamOptions", "open_stack"]
 
 DEFAULT_RECEIVE_SIZE = 65536
@@ -42,13 +54,13 @@ EVENT_BUFFER = 1024
 
 _SYNCHRONIZED_OR_LATER = frozenset(
     {
-        TcpState.ESTABLISHED,
-        TcpState.FIN_WAIT_1,
-        TcpState.FIN_WAIT_2,
-        TcpState.CLOSE_WAIT,
-        TcpState.CLOSING,
-        TcpState.LAST_ACK,
-        TcpState.TIME_WAIT,
+        _ST_ESTABLISHED,
+        _ST_FIN_WAIT_1,
+        _ST_FIN_WAIT_2,
+        _ST_CLOSE_WAIT,
+        _ST_CLOSING,
+        _ST_LAST_ACK,
+        _ST_TIME_WAIT,
     }
 )
 
@@ -197,7 +209,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
             events = self._events
             while events:
                 yield events.popleft()
-            if self.conn.state is TcpState.CLOSED:
+            if self.conn.state is _ST_CLOSED:
                 return
             await self.stack.wait_changed(self.conn)
 
@@ -242,7 +254,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
             while view:
                 if self._closed:
                     raise trio.ClosedResourceError("the stream was closed while sending")
-                if conn.error is not None or conn.state is TcpState.CLOSED:
+                if conn.error is not None or conn.state is _ST_CLOSED:
                     self._raise_broken()
                 if meter.enabled:
                     started = time.perf_counter_ns()
@@ -264,7 +276,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("the stream is closed")
         conn = self.conn
         while (
-            conn.send_space == 0 and conn.error is None and conn.state is not TcpState.CLOSED
+            conn.send_space == 0 and conn.error is None and conn.state is not _ST_CLOSED
             and not self._closed
         ):
             await self._wait()
@@ -300,7 +312,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
                     return b""
                 if self._closed:
                     raise trio.ClosedResourceError("the stream was closed while receiving")
-                if conn.error is not None or conn.state is TcpState.CLOSED:
+                if conn.error is not None or conn.state is _ST_CLOSED:
                     self._raise_broken()
                 await self._wait()
         finally:
@@ -354,7 +366,7 @@ class TCPListener(trio.abc.Listener[TCPStream]):
             queue = self._listen.accept_queue
             while queue:
                 conn = queue.popleft()
-                if conn.state is TcpState.CLOSED:
+                if conn.state is _ST_CLOSED:
                     continue  # reset while it waited in the queue (Linux returns it; we skip)
                 if not waited:
                     # Parking was the schedule point already; a second one would cost another
@@ -383,14 +395,14 @@ class Stack(StackCore):
         conn = self.connect(host, port, self._merge(options))
         try:
             while conn.state not in _SYNCHRONIZED_OR_LATER:
-                if conn.error is not None or conn.state is TcpState.CLOSED:
+                if conn.error is not None or conn.state is _ST_CLOSED:
                     exc = self.connection_error(conn) or OSError(errno.ECONNABORTED, "closed")
                     raise OSError(
                         exc.errno, f"connect to {host}:{port} failed: {exc.strerror}"
                     ) from exc
                 await self.wait_changed(conn)
         except BaseException:
-            if conn.state is not TcpState.CLOSED:
+            if conn.state is not _ST_CLOSED:
                 conn.abort()
                 self.touch(conn)
             raise

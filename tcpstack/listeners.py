@@ -29,6 +29,13 @@ if TYPE_CHECKING:
     from tcpstack.isn import IsnGenerator, SynCookies
     from tcpstack.stack import StackStats
 
+# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
+# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
+# these are read many times per segment.
+_ST_CLOSE_WAIT = TcpState.CLOSE_WAIT
+_ST_ESTABLISHED = TcpState.ESTABLISHED
+_ST_SYN_RECEIVED = TcpState.SYN_RECEIVED
+
 __all__ = ["ConnKey", "ListenState", "ListenerMixin", "COOKIE_WINDOW"]
 
 # Key of a connection in the demultiplexing table: (local port, remote address, remote port).
@@ -133,11 +140,11 @@ class ListenerMixin:
         """A passive connection that left SYN-RECEIVED: into the accept queue, or gone."""
         listener = self._owner.get(conn.conn_id)
         state = conn.state
-        if listener is None or state is TcpState.SYN_RECEIVED:
+        if listener is None or state is _ST_SYN_RECEIVED:
             return
         listener.half_open.discard(self._key(conn))
         del self._owner[conn.conn_id]
-        if state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) and not listener.closed:
+        if state in (_ST_ESTABLISHED, _ST_CLOSE_WAIT) and not listener.closed:
             if len(listener.accept_queue) < listener.backlog:
                 listener.accept_queue.append(conn)
                 # One waiter per queued connection: waking them all would cost every other

@@ -44,6 +44,13 @@ from tcpstack.wire.segment import (
     TcpSegment,
 )
 
+# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
+# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
+# these are read many times per segment.
+_ST_CLOSED = TcpState.CLOSED
+_ST_SYN_RECEIVED = TcpState.SYN_RECEIVED
+_ST_TIME_WAIT = TcpState.TIME_WAIT
+
 __all__ = ["StackCore", "StackStats", "ConnectionEntry", "running"]
 
 log = logging.getLogger(__name__)
@@ -279,6 +286,9 @@ class StackCore(ListenerMixin, IcmpMixin):
                 continue
             checksum = self._checksum
             packets: list[bytes] = []
+            scheduled = self._scheduled
+            owner = self._owner
+            waiters = self._waiters
             for conn in dirty.values():
                 try:
                     segs = conn.poll_transmit(now)
@@ -286,8 +296,27 @@ class StackCore(ListenerMixin, IcmpMixin):
                         packets += [build_packet(seg, checksum=checksum) for seg in segs]
                 except Exception:
                     packets += self._output_failed(conn, now)
-                self._schedule(conn)
-                self._after_change(conn)
+                # _schedule and _after_change, inlined: this loop runs once per segment
+                # received and per application call, and most of the time neither acts.
+                conn_id = conn.conn_id
+                deadline = conn.timers._earliest  # conn.next_deadline(), inlined
+                if deadline is not None:
+                    if deadline < conn.last_now:
+                        deadline = conn.last_now
+                    entry = scheduled.get(conn_id)
+                    if entry is None or deadline < entry[0] or (
+                        deadline != entry[0] and conn.state is _ST_TIME_WAIT
+                    ):
+                        self._file(conn, deadline)
+                if owner and conn_id in owner:
+                    self._settle_passive(conn)
+                lot = waiters.get(conn_id)
+                if lot is not None:
+                    lot.unpark_all()
+                    if conn.state is _ST_TIME_WAIT:
+                        del waiters[conn_id]  # see _after_change
+                if conn.state is _ST_CLOSED:
+                    self._forget(conn)
             self._send(packets)
 
     def touch(self, conn: Connection) -> None:
@@ -482,7 +511,7 @@ class StackCore(ListenerMixin, IcmpMixin):
         key = (seg.dport, seg.src, seg.sport)
         conn = self._conns.get(key)
         if conn is not None:
-            if conn.state is TcpState.SYN_RECEIVED:
+            if conn.state is _ST_SYN_RECEIVED:
                 if self._accept_queue_full(conn, seg):
                     # Linux tcp_check_req "listen_overflow": the handshake cannot complete into
                     # a full accept queue; drop the ACK, the peer's retransmission may find room.
@@ -542,17 +571,20 @@ class StackCore(ListenerMixin, IcmpMixin):
         if deadline is not None:
             entry = self._scheduled.get(conn.conn_id)
             if entry is None or deadline < entry[0] or (
-                deadline != entry[0] and conn.state is TcpState.TIME_WAIT
+                deadline != entry[0] and conn.state is _ST_TIME_WAIT
             ):
                 # An earlier entry replaces the later one (left in the heap, skipped when due).
                 # TIME-WAIT moves the deadline later once (the 2 MSL timer replaces the RTO
                 # the handshake or the FIN left): filed at once, the earlier entry is skipped
                 # when due instead of waking the connection only to file this one.
-                self._scheduled[conn.conn_id] = (deadline, conn)
-                heapq.heappush(self._deadlines, (deadline, conn.conn_id))
-                scope = self._timer_scope
-                if scope is not None and deadline < scope.deadline:
-                    scope.deadline = deadline
+                self._file(conn, deadline)
+
+    def _file(self, conn: Connection, deadline: float) -> None:
+        self._scheduled[conn.conn_id] = (deadline, conn)
+        heapq.heappush(self._deadlines, (deadline, conn.conn_id))
+        scope = self._timer_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
 
     def _after_change(self, conn: Connection) -> None:
         if self._owner:
@@ -560,12 +592,12 @@ class StackCore(ListenerMixin, IcmpMixin):
         lot = self._waiters.get(conn.conn_id)
         if lot is not None:
             lot.unpark_all()
-            if conn.state is TcpState.TIME_WAIT:
+            if conn.state is _ST_TIME_WAIT:
                 # TIME-WAIT lasts 2 MSL with nothing left to wait for: drop the lot rather than
                 # keep it (and its objects for the garbage collector) that long. A task that
                 # waits later gets a new one from wait_changed.
                 del self._waiters[conn.conn_id]
-        if conn.state is TcpState.CLOSED:
+        if conn.state is _ST_CLOSED:
             self._forget(conn)
 
     def _forget(self, conn: Connection) -> None:
@@ -603,16 +635,16 @@ class StackCore(ListenerMixin, IcmpMixin):
         def unfinished() -> list[Connection]:
             return [
                 c for c in self._conns.values()
-                if c.state not in (TcpState.CLOSED, TcpState.TIME_WAIT)
+                if c.state not in (_ST_CLOSED, _ST_TIME_WAIT)
             ]
 
         with trio.move_on_after(grace):
             while pending := unfinished():
                 await self.wait_changed(pending[0])
         for conn in list(self._conns.values()):
-            if conn.state is TcpState.TIME_WAIT:
+            if conn.state is _ST_TIME_WAIT:
                 self._forget(conn)
-            elif conn.state is not TcpState.CLOSED:
+            elif conn.state is not _ST_CLOSED:
                 conn.abort()
                 self._mark(conn)
         self.flush()

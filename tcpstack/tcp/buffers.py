@@ -142,7 +142,7 @@ class SendBuffer:
 
     def ack_to(self, seq: int) -> int:
         """Drop bytes below ``seq``; return how many were dropped."""
-        n = min(seq, self._end) - self.start
+        n = (seq if seq < self._end else self._end) - self.start
         if n <= 0:
             return 0
         self.start += n

@@ -73,6 +73,13 @@ class CongestionControl(abc.ABC):
 
     name: ClassVar[str]
 
+    # Slots: one controller per connection, made on every connect and accept. A subclass
+    # that declares no __slots__ of its own simply gets a __dict__ as well.
+    __slots__ = (
+        "mss", "initial_window", "cwnd", "ssthresh", "abc_limit_segments", "_bytes_acked",
+        "_rto_without_progress",
+    )
+
     def __init__(self, mss: int, initial_window: int) -> None:
         _check_size("mss", mss, minimum=1)
         _check_size("initial_window", initial_window, minimum=1)

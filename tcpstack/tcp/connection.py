@@ -26,7 +26,7 @@ from tcpstack.tcp.info import TCPInfo
 from tcpstack.tcp.introspect import build_info
 from tcpstack.tcp.receiver import ACK_DELAYED, ACK_NOW
 from tcpstack.tcp.sender import SENDING_STATES
-from tcpstack.tcp.seq import seq_lt, unwrap
+from tcpstack.tcp.seq import unwrap
 from tcpstack.tcp.sockopts import apply_options
 from tcpstack.tcp.state import CaState, TcpState
 from tcpstack.tcp.timers import TimerKind
@@ -38,6 +38,26 @@ from tcpstack.wire.segment import (
     TcpFlags,
     TcpSegment,
 )
+
+# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
+# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
+# these are read many times per segment.
+_CA_LOSS = CaState.LOSS
+_ST_CLOSED = TcpState.CLOSED
+_ST_CLOSE_WAIT = TcpState.CLOSE_WAIT
+_ST_CLOSING = TcpState.CLOSING
+_ST_ESTABLISHED = TcpState.ESTABLISHED
+_ST_FIN_WAIT_1 = TcpState.FIN_WAIT_1
+_ST_FIN_WAIT_2 = TcpState.FIN_WAIT_2
+_ST_LAST_ACK = TcpState.LAST_ACK
+_ST_LISTEN = TcpState.LISTEN
+_ST_SYN_RECEIVED = TcpState.SYN_RECEIVED
+_ST_SYN_SENT = TcpState.SYN_SENT
+_ST_TIME_WAIT = TcpState.TIME_WAIT
+_TK_DELACK = TimerKind.DELACK
+_TK_KEEPALIVE = TimerKind.KEEPALIVE
+_TK_PERSIST = TimerKind.PERSIST
+_TK_RETRANSMIT = TimerKind.RETRANSMIT
 
 __all__ = ["Connection"]
 
@@ -91,17 +111,17 @@ class Connection(HandshakeMixin):
         conn.max_window = syn.window
         conn.snd_wl1 = conn.rcv.irs
         conn.snd_wl2 = iss
-        conn._set_state(TcpState.SYN_RECEIVED, now)
+        conn._set_state(_ST_SYN_RECEIVED, now)
         conn.syn_pending = True
         return conn
 
     def open_active(self, now: float) -> None:
         """Active open (RFC 9293 3.10.1 OPEN call): queue our SYN."""
-        if self.state is not TcpState.CLOSED or self.error is not None or self.snd_nxt != self.iss:
+        if self.state is not _ST_CLOSED or self.error is not None or self.snd_nxt != self.iss:
             raise RuntimeError(f"open_active() on a connection in state {self.state}")
         self.created = self.last_now = self.last_rx = now
         self.syn_pending = True
-        self._set_state(TcpState.SYN_SENT, now)
+        self._set_state(_ST_SYN_SENT, now)
 
     # -- public properties --------------------------------------------------------------
 
@@ -111,7 +131,7 @@ class Connection(HandshakeMixin):
 
     @property
     def send_space(self) -> int:
-        if self.shut_wr or self.state in (TcpState.CLOSED, TcpState.TIME_WAIT):
+        if self.shut_wr or self.state in (_ST_CLOSED, _ST_TIME_WAIT):
             return 0
         return self.sndbuf.space
 
@@ -140,7 +160,7 @@ class Connection(HandshakeMixin):
         return events
 
     def next_deadline(self) -> float | None:
-        when = self.timers.earliest()
+        when = self.timers._earliest  # Timers.earliest(), inlined: asked after every poll
         if when is None:
             return None
         return max(when, self.last_now)
@@ -168,7 +188,7 @@ class Connection(HandshakeMixin):
         if exc is not None:
             raise exc
         if self.shut_wr or self.state not in (
-            TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT,
+            _ST_SYN_SENT, _ST_SYN_RECEIVED, _ST_ESTABLISHED, _ST_CLOSE_WAIT,
         ):
             raise BrokenPipeError(f"connection is not open for sending (state {self.state})")
         n = self.sndbuf.append(data)
@@ -182,7 +202,7 @@ class Connection(HandshakeMixin):
         """Up to ``max_bytes`` of in-order data; b"" when none (``at_eof`` tells EOF apart)."""
         data = self.rcv.read(max_bytes, self.last_now)
         if data and self.state in (
-            TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2
+            _ST_ESTABLISHED, _ST_FIN_WAIT_1, _ST_FIN_WAIT_2
         ) and self.rcv.window_update_worthwhile():
             # RFC 9293 3.8.6.2.2 / Linux tcp_cleanup_rbuf: tell the peer the window reopened.
             self.ack_now = True
@@ -195,15 +215,15 @@ class Connection(HandshakeMixin):
     def shutdown_write(self) -> None:
         """Half-close (RFC 9293 3.10.4 CLOSE): a FIN follows the queued data."""
         st = self.state
-        if self.shut_wr or st in (TcpState.CLOSED, TcpState.LISTEN):
+        if self.shut_wr or st in (_ST_CLOSED, _ST_LISTEN):
             self.shut_wr = True
             return
         self.shut_wr = True
         now = self.last_now
-        if st in (TcpState.ESTABLISHED, TcpState.SYN_RECEIVED):
-            self._set_state(TcpState.FIN_WAIT_1, now)
-        elif st is TcpState.CLOSE_WAIT:
-            self._set_state(TcpState.LAST_ACK, now)
+        if st in (_ST_ESTABLISHED, _ST_SYN_RECEIVED):
+            self._set_state(_ST_FIN_WAIT_1, now)
+        elif st is _ST_CLOSE_WAIT:
+            self._set_state(_ST_LAST_ACK, now)
         # SYN_SENT: the FIN goes out once established (RFC 9293: "queue ... until ESTABLISHED").
 
     def close(self) -> None:
@@ -211,9 +231,9 @@ class Connection(HandshakeMixin):
         now = self.last_now
         self.app_closed = True
         st = self.state
-        if st in (TcpState.CLOSED, TcpState.LISTEN):
+        if st in (_ST_CLOSED, _ST_LISTEN):
             return
-        if st is TcpState.SYN_SENT:
+        if st is _ST_SYN_SENT:
             self._close(now)
             return
         if self.rcv.readable and self.profile.rst_on_close_with_unread_data:
@@ -222,14 +242,14 @@ class Connection(HandshakeMixin):
             return
         self.rcv.shutdown_read()
         self.shutdown_write()
-        if self.state is TcpState.FIN_WAIT_2:
+        if self.state is _ST_FIN_WAIT_2:
             self._arm_fin_wait_2(now)
 
     def abort(self) -> None:
         """RFC 9293 3.10.5 ABORT: send a RST if synchronized, drop everything."""
-        if self.state in (TcpState.CLOSED, TcpState.LISTEN):
+        if self.state in (_ST_CLOSED, _ST_LISTEN):
             return
-        if self.state is TcpState.SYN_SENT:
+        if self.state is _ST_SYN_SENT:
             self._close(self.last_now, "connection aborted")
             return
         self._abort_with_rst(self.last_now, "abort", "connection aborted")
@@ -238,7 +258,11 @@ class Connection(HandshakeMixin):
 
     def poll_transmit(self, now: float) -> list[TcpSegment]:
         """Everything that may be sent now."""
-        self._advance(now)
+        if now > self.last_now:  # _advance(now), inlined: once per poll
+            self.last_now = now
+        due = self.timers._earliest
+        if due is not None and due <= now:
+            self.on_timer(now)
         out = self.outq
         if out is None:
             out = []
@@ -248,7 +272,7 @@ class Connection(HandshakeMixin):
             out.append(self._build_active_rst(now, self.rst_pending))
             self.rst_pending = None
         st = self.state
-        if self.syn_pending and st in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED):
+        if self.syn_pending and st in (_ST_SYN_SENT, _ST_SYN_RECEIVED):
             out.append(self._build_syn(now))
         elif st in SENDING_STATES:
             self._transmit(now, out)
@@ -261,13 +285,17 @@ class Connection(HandshakeMixin):
     def _advance(self, now: float) -> None:
         if now > self.last_now:
             self.last_now = now
-        due = self.timers.earliest()
+        due = self.timers._earliest
         if due is not None and due <= now:
             self.on_timer(now)
 
     def on_segment(self, seg: TcpSegment, now: float) -> None:
         """Process one arriving segment (already demultiplexed to this connection)."""
-        self._advance(now)
+        if now > self.last_now:  # _advance(now), inlined: once per segment
+            self.last_now = now
+        due = self.timers._earliest
+        if due is not None and due <= now:
+            self.on_timer(now)
         if self.ack_now and self.state.synchronized:
             # The previous segment asked for an immediate ACK that nothing has carried yet:
             # send it now, so each segment that needs one gets its own (dup ACKs count).
@@ -277,11 +305,11 @@ class Connection(HandshakeMixin):
         n = len(seg.payload)
         self.segs_in += -(-n // self.advmss) if n > self.advmss else 1
         st = self.state
-        if st is TcpState.CLOSED or st is TcpState.LISTEN:
+        if st is _ST_CLOSED or st is _ST_LISTEN:
             self._reply_closed(seg, now)
             return
         self.last_rx = now
-        if st is TcpState.SYN_SENT:
+        if st is _ST_SYN_SENT:
             self._on_segment_syn_sent(seg, now)
             return
         self._on_segment_sync(seg, now)
@@ -342,7 +370,7 @@ class Connection(HandshakeMixin):
             self.snd_wnd = seg.window
             self.max_window = max(self.max_window, seg.window)
             self.snd_wl1 = rcv.irs
-            self._set_state(TcpState.SYN_RECEIVED, now)
+            self._set_state(_ST_SYN_RECEIVED, now)
             self.syn_pending = True
             if seg.payload and self.profile.queue_syn_text:
                 # RFC 9293 3.10.7.3: "queue them for processing after the ESTABLISHED state
@@ -366,13 +394,16 @@ class Connection(HandshakeMixin):
     def _on_segment_sync(self, seg: TcpSegment, now: float) -> None:
         rcv = self.rcv
         flags = int(seg.flags)
-        seq = unwrap(seg.seq, rcv.rcv_nxt)
+        # unwrap(seg.seq, rcv.rcv_nxt), inlined (a parsed segment's fields are 32-bit).
+        rcv_nxt = rcv.rcv_nxt
+        d = (seg.seq - rcv_nxt) & MASK
+        seq = rcv_nxt + (d - 0x100000000 if d > 0x80000000 else d)
         payload = seg.payload
         seg_len = len(payload) + (flags & _F_FIN) + ((flags & _F_SYN) >> 1)
         ts = seg.options.timestamps if self.ts_ok else None
 
         if (
-            self.state is TcpState.TIME_WAIT
+            self.state is _ST_TIME_WAIT
             and self.profile.bsd_time_wait
             and not flags & _F_SYN
         ):
@@ -380,7 +411,7 @@ class Connection(HandshakeMixin):
             return
 
         if (
-            self.state is TcpState.SYN_RECEIVED
+            self.state is _ST_SYN_RECEIVED
             and flags & _F_SYN
             and not flags & (_F_ACK | _F_RST)
             and seq == rcv.irs
@@ -392,7 +423,7 @@ class Connection(HandshakeMixin):
         if (
             ts is not None
             and not flags & _F_RST
-            and seq_lt(ts.tsval, self.ts_recent)
+            and 0 < (self.ts_recent - ts.tsval) & MASK < 0x80000000  # seq_lt(tsval, ts_recent)
             and now - self.ts_recent_stamp <= PAWS_IDLE
         ):
             self._dup_ack(now, seg)
@@ -404,7 +435,7 @@ class Connection(HandshakeMixin):
             if payload and seq < rcv.rcv_nxt:
                 # A retransmission of data we have: report it (RFC 2883 D-SACK).
                 rcv.note_duplicate(seq, min(seq + len(payload), rcv.rcv_nxt))
-            if self.state is TcpState.TIME_WAIT and flags & _F_FIN:
+            if self.state is _ST_TIME_WAIT and flags & _F_FIN:
                 self._arm_time_wait(now)  # RFC 9293 3.10.7.4: restart the 2 MSL timeout
             self._dup_ack(now, seg)
             return
@@ -433,12 +464,17 @@ class Connection(HandshakeMixin):
             return  # RFC 9293: "if the ACK bit is off, drop the segment"
 
         # Timestamps: RFC 7323 4.3 ts_recent update, as Linux (seq not after the last ACK sent).
-        if ts is not None and seq <= rcv.rcv_wup and not seq_lt(ts.tsval, self.ts_recent):
+        if (
+            ts is not None and seq <= rcv.rcv_wup
+            and not 0 < (self.ts_recent - ts.tsval) & MASK < 0x80000000  # seq_lt, inlined
+        ):
             self.ts_recent = ts.tsval
             self.ts_recent_stamp = now
 
-        ack = unwrap(seg.ack, self.snd_una)
-        if self.state is TcpState.SYN_RECEIVED:
+        snd_una = self.snd_una
+        d = (seg.ack - snd_una) & MASK  # unwrap(seg.ack, snd_una), inlined
+        ack = snd_una + (d - 0x100000000 if d > 0x80000000 else d)
+        if self.state is _ST_SYN_RECEIVED:
             if not self.snd_una < ack <= self.snd_nxt:
                 self._queue_rst(seg.ack, None, now, "bad ack in SYN-RECEIVED")
                 return
@@ -455,15 +491,16 @@ class Connection(HandshakeMixin):
         if ack > self.snd_nxt:
             self._dup_ack(now, seg)
             return
-        if ack < self.snd_una - max(self.max_window, 1) and not self.opts.insecure_rst:
+        max_window = self.max_window
+        if ack < self.snd_una - (max_window if max_window > 1 else 1) and not self.opts.insecure_rst:
             self._challenge_ack(now, "ack")
             return
         if ack >= self.snd_una:
             self._process_ack(seg, flags, seq, ack, now)
-            if self.state is TcpState.CLOSED:
+            if self.state is _ST_CLOSED:
                 return
             self._after_ack_state(now)
-            if self.state is TcpState.CLOSED:
+            if self.state is _ST_CLOSED:
                 return
 
         if self.ecn_ok:
@@ -477,13 +514,13 @@ class Connection(HandshakeMixin):
         if fin_seq is None or self.snd_una <= fin_seq:
             return
         st = self.state
-        if st is TcpState.FIN_WAIT_1:
-            self._set_state(TcpState.FIN_WAIT_2, now)
+        if st is _ST_FIN_WAIT_1:
+            self._set_state(_ST_FIN_WAIT_2, now)
             if self.app_closed:
                 self._arm_fin_wait_2(now)
-        elif st is TcpState.CLOSING:
+        elif st is _ST_CLOSING:
             self._enter_time_wait(now)
-        elif st is TcpState.LAST_ACK:
+        elif st is _ST_LAST_ACK:
             self._close(now)
 
     def _process_ecn(self, seg: TcpSegment, flags: int) -> None:
@@ -501,7 +538,7 @@ class Connection(HandshakeMixin):
     def _process_text(self, seg: TcpSegment, seq: int, now: float) -> None:
         """RFC 9293 3.10.7.4 seventh and eighth steps: segment text and FIN."""
         st = self.state
-        if st not in (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2):
+        if st not in (_ST_ESTABLISHED, _ST_FIN_WAIT_1, _ST_FIN_WAIT_2):
             return  # text after the peer's FIN is ignored (RFC 9293)
         rcv = self.rcv
         data = seg.payload
@@ -538,8 +575,8 @@ class Connection(HandshakeMixin):
         decision = rcv.on_data(seq, data, fin, now)
         if decision == ACK_NOW:
             self.ack_now = True
-        elif decision == ACK_DELAYED and not self.timers.is_set(TimerKind.DELACK):
-            self.timers.set(TimerKind.DELACK, now + max(rcv.ato, 0.001))
+        elif decision == ACK_DELAYED and not self.timers.is_set(_TK_DELACK):
+            self.timers.set(_TK_DELACK, now + max(rcv.ato, 0.001))
         if rcv.fin_received and not had_fin:
             self._on_fin(now)
 
@@ -548,19 +585,19 @@ class Connection(HandshakeMixin):
         decision = self.rcv.on_data(seq, data, False, now)
         if decision == ACK_NOW:
             self.ack_now = True
-        elif decision == ACK_DELAYED and not self.timers.is_set(TimerKind.DELACK):
-            self.timers.set(TimerKind.DELACK, now + max(self.rcv.ato, 0.001))
+        elif decision == ACK_DELAYED and not self.timers.is_set(_TK_DELACK):
+            self.timers.set(_TK_DELACK, now + max(self.rcv.ato, 0.001))
 
     def _on_fin(self, now: float) -> None:
         st = self.state
-        if st is TcpState.ESTABLISHED:
-            self._set_state(TcpState.CLOSE_WAIT, now)
-        elif st is TcpState.FIN_WAIT_1:
+        if st is _ST_ESTABLISHED:
+            self._set_state(_ST_CLOSE_WAIT, now)
+        elif st is _ST_FIN_WAIT_1:
             if self.fin_seq is not None and self.snd_una > self.fin_seq:
                 self._enter_time_wait(now)
             else:
-                self._set_state(TcpState.CLOSING, now)
-        elif st is TcpState.FIN_WAIT_2:
+                self._set_state(_ST_CLOSING, now)
+        elif st is _ST_FIN_WAIT_2:
             self._enter_time_wait(now)
 
     def _time_wait_bsd(self, seg: TcpSegment, flags: int, seq: int, now: float) -> None:
@@ -577,18 +614,18 @@ class Connection(HandshakeMixin):
             self.ack_now = True
 
     def _enter_time_wait(self, now: float) -> None:
-        self._set_state(TcpState.TIME_WAIT, now)
+        self._set_state(_ST_TIME_WAIT, now)
         # BSD's tcptw keeps no socket buffer: from here RCV.WND is the window last announced.
         self.rcv.bsd_window = False
-        for kind in (TimerKind.RETRANSMIT, TimerKind.PERSIST, TimerKind.KEEPALIVE):
+        for kind in (_TK_RETRANSMIT, _TK_PERSIST, _TK_KEEPALIVE):
             self.timers.cancel(kind)
         self._arm_time_wait(now)
 
     def _on_reset(self, now: float) -> None:
         st = self.state
-        if st is TcpState.SYN_RECEIVED:
+        if st is _ST_SYN_RECEIVED:
             reason: str | None = "connection refused"
-        elif st in (TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT):
+        elif st in (_ST_CLOSING, _ST_LAST_ACK, _ST_TIME_WAIT):
             reason = None  # RFC 9293: just close
         else:
             reason = "connection reset by peer"
@@ -631,7 +668,7 @@ class Connection(HandshakeMixin):
                 self.pmtu = mtu
                 self._sync_mss()
                 self._pmtu_retransmit(now)
-        elif msg.type == IcmpType.DEST_UNREACHABLE and self.state is TcpState.SYN_SENT and msg.code in (2, 3):
+        elif msg.type == IcmpType.DEST_UNREACHABLE and self.state is _ST_SYN_SENT and msg.code in (2, 3):
             # RFC 1122 4.2.3.9: protocol/port unreachable is a hard error for a connect.
             self._close(now, "connection refused")
 
@@ -640,8 +677,8 @@ class Connection(HandshakeMixin):
         at once in pieces of the new MSS. Not a congestion signal: cwnd and ssthresh stay."""
         if not self.state.synchronized or not self.sb.mark_oversized_lost(self.mss_cache):
             return
-        if self.ca_state != CaState.LOSS:
-            self.ca_state = CaState.LOSS
+        if self.ca_state != _CA_LOSS:
+            self.ca_state = _CA_LOSS
             self.recover = self.snd_nxt
             self.undo_marker = None
             self.tlp_high_seq = None

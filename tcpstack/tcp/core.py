@@ -30,6 +30,13 @@ from tcpstack.wire.segment import (
     Timestamps,
 )
 
+# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
+# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
+# these are read many times per segment.
+_CA_OPEN = CaState.OPEN
+_ST_CLOSED = TcpState.CLOSED
+_TK_DELACK = TimerKind.DELACK
+
 __all__ = ["ConnectionCore", "SendBuffer", "MASK", "MAX_EVENTS"]
 
 MASK = 0xFFFFFFFF
@@ -46,6 +53,7 @@ _SYN = TcpFlags.SYN
 _F_FIN, _F_SYN, _F_RST, _F_PSH, _F_ACK, _F_ECE, _F_CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x40, 0x80
 _FLAG_VALUES: tuple[TcpFlags, ...] = tuple(TcpFlags(i) for i in range(256))
 _new_state_changed = fast_constructor(StateChanged)  # several per connection's life
+_new_tuple = tuple.__new__
 
 
 class ConnectionCore:
@@ -103,7 +111,7 @@ class ConnectionCore:
         for name, port in (("local", self.local_port), ("remote", self.remote_port)):
             if not 0 < port <= 0xFFFF:
                 raise ValueError(f"{name} port must be 1..65535, got {port}")
-        self.state = TcpState.CLOSED
+        self.state = _ST_CLOSED
         self.error: str | None = None
         self.passive = False
         # Text of a SYN taken in SYN-SENT (simultaneous open), held until ESTABLISHED.
@@ -185,7 +193,7 @@ class ConnectionCore:
             slop=profile.rto_slop,
         )
         self.cc: CongestionControl = self._new_cc(self.mss_cache)
-        self.ca_state = CaState.OPEN
+        self.ca_state = _CA_OPEN
         self.recover = iss  # RFC 6582 "recover" / Linux high_seq
         self.prr_delivered = 0  # RFC 6937
         self.prr_out = 0
@@ -322,7 +330,11 @@ class ConnectionCore:
         if old is new:
             return
         self.state = new
-        self._event(_new_state_changed(now, self.conn_id, old, new))
+        events = self.events  # _event(), inlined: several state changes per connection
+        if len(events) >= MAX_EVENTS:
+            del events[0]
+            self.events_dropped += 1
+        events.append(_new_state_changed(now, self.conn_id, old, new))
 
     def _on_state_closed(self, now: float) -> None:
         """Hook for the connection: stop everything once CLOSED."""
@@ -335,7 +347,7 @@ class ConnectionCore:
     def _close(self, now: float, error: str | None = None) -> None:
         if error is not None and self.error is None:
             self.error = error
-        self._set_state(TcpState.CLOSED, now)
+        self._set_state(_ST_CLOSED, now)
         self._on_state_closed(now)
 
     # -- timestamps --------------------------------------------------------------------
@@ -364,11 +376,14 @@ class ConnectionCore:
         rcv = self.rcv
         blocks = (
             rcv.sack_blocks(self.profile.max_sack_blocks(ts=self.ts_ok))
-            if sack and self.sack_ok and rcv.has_sack_info() else None
+            # rcv.has_sack_info(), inlined: asked for every segment sent
+            if sack and self.sack_ok and (rcv._dsack is not None or rcv.ooo._held > 0) else None
         )
         if self.ts_ok:
-            ts: Timestamps | None = Timestamps((int(now * 1000.0) + self.ts_offset) & MASK,
-                                               self.ts_recent)
+            # tuple.__new__ straight: the NamedTuple's own __new__ is a Python-level call.
+            ts: Timestamps | None = _new_tuple(
+                Timestamps, ((int(now * 1000.0) + self.ts_offset) & MASK, self.ts_recent)
+            )
             if not blocks:
                 return new_options(None, None, False, (), ts, (), self.profile.data_ts_layout)
         elif not blocks:
@@ -427,8 +442,8 @@ class ConnectionCore:
             self.ack_now = False
             self.last_ack_sent = now
             timers = self.timers
-            if timers.is_set(TimerKind.DELACK):
-                timers.cancel(TimerKind.DELACK)
+            if timers._deadlines[_TK_DELACK] is not None:  # Timers.is_set, inlined
+                timers.cancel(_TK_DELACK)
         return seg
 
     def _sndbuf_expand(self) -> None:
@@ -439,10 +454,17 @@ class ConnectionCore:
         segment); this buffer holds payload bytes only, so a segment costs its MSS.
         """
         mss = self.mss_cache
-        nr_segs = max(
-            self.profile.initial_window_segments, -(-self.cc.cwnd // mss), self.reordering + 1
-        )
-        size = min(2 * nr_segs * mss, self.profile.send_buffer_max)
+        profile = self.profile
+        # Conditional expressions, not min/max (which parse keyword arguments on every call in
+        # CPython 3.11): this runs on every ACK that frees buffer space.
+        nr_segs = -(-self.cc.cwnd // mss)
+        if nr_segs < profile.initial_window_segments:
+            nr_segs = profile.initial_window_segments
+        if nr_segs < self.reordering + 1:
+            nr_segs = self.reordering + 1
+        size = 2 * nr_segs * mss
+        if size > profile.send_buffer_max:
+            size = profile.send_buffer_max
         sndbuf = self.sndbuf
         if size > sndbuf.capacity:
             sndbuf.capacity = size

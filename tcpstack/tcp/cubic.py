@@ -64,6 +64,13 @@ class HyStartPhase(enum.Enum):
     DONE = "done"  # slow start left (CSS rounds over, loss, or timeout); standard rules apply
 
 
+# Enum members as module constants (CPython 3.11's Enum class attribute lookup is slow; the
+# phase is tested on every ACK in slow start).
+_HS_SLOW_START = HyStartPhase.SLOW_START
+_HS_CSS = HyStartPhase.CSS
+_HS_DONE = HyStartPhase.DONE
+
+
 class HyStartPlusPlus:
     """RFC 9406 section 4.2 state machine, fed one ACK at a time by :class:`Cubic`.
 
@@ -79,8 +86,13 @@ class HyStartPlusPlus:
     CSS_GROWTH_DIVISOR: ClassVar[int] = 4
     CSS_ROUNDS: ClassVar[int] = 5
 
+    __slots__ = (
+        "phase", "rounds", "css_rounds", "last_round_min_rtt", "current_round_min_rtt",
+        "rtt_sample_count", "css_baseline_min_rtt", "_delivered", "_window_end",
+    )
+
     def __init__(self) -> None:
-        self.phase = HyStartPhase.SLOW_START
+        self.phase = _HS_SLOW_START
         self.rounds = 0
         self.css_rounds = 0
         self.last_round_min_rtt = math.inf
@@ -92,17 +104,17 @@ class HyStartPlusPlus:
 
     def on_ack(self, acked_bytes: int, bytes_in_flight: int, rtt: float | None) -> bool:
         """Account one ACK; ``True`` when slow start must end now (CSS_ROUNDS completed)."""
-        if self.phase is HyStartPhase.DONE:
+        if self.phase is _HS_DONE:
             return False
         self._delivered += acked_bytes
         # A round ends with the first ACK beyond windowEnd (as Linux's after(snd_una, end_seq)).
         if self._window_end is None or self._delivered > self._window_end:
             if self._window_end is not None:
                 self.rounds += 1
-                if self.phase is HyStartPhase.CSS:
+                if self.phase is _HS_CSS:
                     self.css_rounds += 1
                     if self.css_rounds >= self.CSS_ROUNDS:
-                        self.phase = HyStartPhase.DONE
+                        self.phase = _HS_DONE
                         return True
             self.last_round_min_rtt = self.current_round_min_rtt
             self.current_round_min_rtt = math.inf
@@ -113,7 +125,7 @@ class HyStartPlusPlus:
             self.rtt_sample_count += 1
         if self.rtt_sample_count < self.N_RTT_SAMPLE:
             return False
-        if self.phase is HyStartPhase.SLOW_START:
+        if self.phase is _HS_SLOW_START:
             if math.isinf(self.current_round_min_rtt) or math.isinf(self.last_round_min_rtt):
                 return False
             rtt_thresh = max(
@@ -122,23 +134,29 @@ class HyStartPlusPlus:
             )
             if self.current_round_min_rtt >= self.last_round_min_rtt + rtt_thresh:
                 self.css_baseline_min_rtt = self.current_round_min_rtt
-                self.phase = HyStartPhase.CSS
+                self.phase = _HS_CSS
                 self.css_rounds = 0
         elif self.current_round_min_rtt < self.css_baseline_min_rtt:
             # The RTT increase was spurious: back to slow start (RFC 9406 section 4.2).
             self.css_baseline_min_rtt = math.inf
-            self.phase = HyStartPhase.SLOW_START
+            self.phase = _HS_SLOW_START
         return False
 
     def stop(self) -> None:
         """Loss, ECN or timeout ended the initial slow start; HyStart++ is not used again."""
-        self.phase = HyStartPhase.DONE
+        self.phase = _HS_DONE
 
 
 class Cubic(CongestionControl):
     """RFC 9438 CUBIC. ``hystart`` enables HyStart++ for the initial slow start."""
 
     name: ClassVar[str] = "cubic"
+
+    __slots__ = (
+        "c", "beta", "alpha", "fast_convergence", "hystart", "w_max", "k", "epoch_start",
+        "cwnd_epoch", "w_est", "cwnd_prior", "srtt", "region", "_carry", "_last_send",
+        "_app_limited_since", "_undo_state",
+    )
 
     def __init__(
         self,
@@ -223,7 +241,7 @@ class Cubic(CongestionControl):
                 self.w_max = None
                 self.epoch_start = None
                 return 0
-            if hystart.phase is HyStartPhase.CSS and cwnd_limited:
+            if hystart.phase is _HS_CSS and cwnd_limited:
                 self.region = "css"
                 self._grow(
                     min(acked_bytes, ABC_LIMIT_SEGMENTS * self.mss)

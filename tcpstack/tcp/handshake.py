@@ -11,6 +11,15 @@ from tcpstack.tcp.timers import TimerKind
 from tcpstack.wire._fast import new_options
 from tcpstack.wire.segment import TcpSegment, Timestamps
 
+# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
+# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
+# these are read many times per segment.
+_ST_ESTABLISHED = TcpState.ESTABLISHED
+_ST_FIN_WAIT_1 = TcpState.FIN_WAIT_1
+_ST_SYN_SENT = TcpState.SYN_SENT
+_TK_KEEPALIVE = TimerKind.KEEPALIVE
+_TK_RETRANSMIT = TimerKind.RETRANSMIT
+
 __all__ = ["HandshakeMixin", "TCP_MIN_SND_MSS"]
 
 _F_SYN, _F_ACK, _F_ECE, _F_CWR = 0x02, 0x10, 0x40, 0x80
@@ -29,7 +38,7 @@ class HandshakeMixin(TimeoutMixin):
         opts = self.opts
         self.syn_pending = False
         # Plain ints: IntFlag's operators are Python-level calls (~1 us each); _emit takes ints.
-        if self.state is TcpState.SYN_SENT:
+        if self.state is _ST_SYN_SENT:
             flags = _F_SYN
             sack, ts, wscale = opts.sack, opts.timestamps, opts.window_scaling
             if self._ecn_setup_syn():
@@ -66,7 +75,7 @@ class HandshakeMixin(TimeoutMixin):
         self.snd_nxt = self.iss + 1
         if self.retrans_stamp is None:
             self.retrans_stamp = now
-        self.timers.set(TimerKind.RETRANSMIT, now + self.rtt.rto)
+        self.timers.set(_TK_RETRANSMIT, now + self.rtt.rto)
         return seg
 
     def _ecn_setup_syn(self) -> bool:
@@ -135,7 +144,7 @@ class HandshakeMixin(TimeoutMixin):
 
     def _established(self, now: float) -> None:
         syn_retransmitted = self.retransmits > 0
-        self.timers.cancel(TimerKind.RETRANSMIT)
+        self.timers.cancel(_TK_RETRANSMIT)
         self.retransmits = 0
         self.retrans_stamp = None
         self.rtt.reset_backoff()
@@ -144,9 +153,9 @@ class HandshakeMixin(TimeoutMixin):
             self.cc.cwnd = self.mss_cache
         self.cwnd_usage_seq = self.snd_nxt
         self._use_bsd_window()
-        self._set_state(TcpState.ESTABLISHED, now)
+        self._set_state(_ST_ESTABLISHED, now)
         if self.shut_wr:
-            self._set_state(TcpState.FIN_WAIT_1, now)
+            self._set_state(_ST_FIN_WAIT_1, now)
         ka = self.opts.keepalive
         if ka.enabled:
-            self.timers.set(TimerKind.KEEPALIVE, now + ka.idle)
+            self.timers.set(_TK_KEEPALIVE, now + ka.idle)

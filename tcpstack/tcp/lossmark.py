@@ -30,6 +30,12 @@ def _end(seg: SentSegment) -> int:
 class LossMarking:
     """The loss-marking half of the scoreboard (its state is initialised there)."""
 
+    # The state this half reads and writes; Scoreboard declares the counters.
+    __slots__ = (
+        "dupthresh", "_recs", "_head", "_snd_nxt", "_highest_sacked", "_sack_cache",
+        "_lost_high", "_retx_hint", "_rack_low",
+    )
+
     dupthresh: int
     _recs: list[SentSegment]
     _head: int

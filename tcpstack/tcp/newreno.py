@@ -17,6 +17,8 @@ __all__ = ["NewReno"]
 class NewReno(CongestionControl):
     name: ClassVar[str] = "newreno"
 
+    __slots__ = ()
+
     def on_ack(
         self,
         acked_bytes: int,

@@ -34,6 +34,12 @@ from tcpstack.tcp.sender import TCP_TIMEOUT_MIN, SenderMixin
 from tcpstack.tcp.state import CaState
 from tcpstack.tcp.timers import TimerKind
 
+# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
+# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
+# these are read many times per segment.
+_CA_RECOVERY = CaState.RECOVERY
+_TK_REO_TIMEOUT = TimerKind.REO_TIMEOUT
+
 __all__ = ["RackMixin", "REO_WND_PERSIST", "MAX_REO_WND_STEPS"]
 
 REO_WND_PERSIST = 16  # Linux TCP_RACK_RECOVERY_THRESH: recoveries a grown window is kept for
@@ -74,7 +80,7 @@ class RackMixin(SenderMixin):
     def _rack_reo_wnd(self) -> float:
         """Linux tcp_rack_reo_wnd (RFC 8985 6.2 step 4)."""
         if not self.reord_seen:
-            if self.ca_state >= CaState.RECOVERY:
+            if self.ca_state >= _CA_RECOVERY:
                 return 0.0
             if self.sb.sacked_segments >= self.reordering:
                 return 0.0
@@ -99,7 +105,7 @@ class RackMixin(SenderMixin):
         return lost, wait > 0
 
     def _arm_reo_timer(self, now: float, wait: float) -> None:
-        self._set_xmit_timer(TimerKind.REO_TIMEOUT, now + min(wait + TCP_TIMEOUT_MIN, self.rtt.rto))
+        self._set_xmit_timer(_TK_REO_TIMEOUT, now + min(wait + TCP_TIMEOUT_MIN, self.rtt.rto))
 
     def _rack_dsack(self) -> None:
         """RFC 8985 6.2 step 4: a D-SACK widens the reordering window, once per round trip."""

@@ -89,6 +89,12 @@ def _range_start(r: _Range) -> int:
 class ReassemblyQueue:
     """Out-of-order data above ``rcv_nxt``, bounded in bytes and in ranges."""
 
+    # Slots: one per connection, made on every connect and accept (issue 4).
+    __slots__ = (
+        "max_bytes", "max_ranges", "_ranges", "_held", "_clock", "_dropped_bytes",
+        "_dropped_segments", "_ooo_packets",
+    )
+
     def __init__(self, *, max_bytes: int, max_ranges: int = 64) -> None:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, not {max_bytes}")

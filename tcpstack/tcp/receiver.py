@@ -128,9 +128,14 @@ class Receiver:
     @property
     def window(self) -> int:
         """The window currently promised (RCV.WND): bytes the peer may send beyond rcv_nxt."""
+        # Conditional expressions, not max(): builtin min/max parse keyword arguments on every
+        # call in CPython 3.11, and this is read for every segment received.
+        wnd = self.rcv_adv - self.rcv_nxt
         if self.bsd_window:
-            return max(self.rcv_adv - self.rcv_nxt, self.capacity - len(self._buf), 0)
-        return max(self.rcv_adv - self.rcv_nxt, 0)
+            free = self.capacity - self._buf._len
+            if free > wnd:
+                wnd = free
+        return wnd if wnd > 0 else 0
 
     def _free(self) -> int:
         return self.capacity - len(self._buf)
@@ -142,8 +147,14 @@ class Receiver:
         window is only tolerated, never produced) and moves right only in steps of at least
         min(buffer/2, MSS) so the peer is not invited to send tiny segments.
         """
-        cur = max(self.rcv_adv - self.rcv_nxt, 0)
-        offer = min(self._free(), self.rcv_ssthresh)
+        # Conditional expressions for min/max, and _free() inlined: this runs for every
+        # segment sent (builtin min/max parse keyword arguments on every call in CPython 3.11).
+        cur = self.rcv_adv - self.rcv_nxt
+        if cur < 0:
+            cur = 0
+        offer = self.capacity - self._buf._len
+        if offer > self.rcv_ssthresh:
+            offer = self.rcv_ssthresh
         new = cur
         if offer - cur >= self.min_window_update or (offer > cur and offer >= self.capacity):
             new = offer
@@ -278,7 +289,7 @@ class Receiver:
         """Linux ``__tcp_select_window(sk) >= tp->rcv_wnd``: the window :meth:`select_window`
         would offer now, from rcv_nxt, is at least the one last announced, from rcv_wup."""
         cur = max(self.rcv_adv - self.rcv_nxt, 0)
-        offer = min(self._free(), self.rcv_ssthresh)
+        offer = min(self.capacity - self._buf._len, self.rcv_ssthresh)  # _free(), inlined
         new = cur
         if offer - cur >= self.min_window_update or (offer > cur and offer >= self.capacity):
             new = offer
@@ -421,5 +432,5 @@ class Receiver:
             # tcp_cleanup_rbuf: "Once-per-two-segments ACK was not sent by tcp_input.c").
             return True
         cur = max(self.rcv_adv - self.rcv_nxt, 0)
-        offer = min(self._free(), self.rcv_ssthresh)
+        offer = min(self.capacity - self._buf._len, self.rcv_ssthresh)  # _free(), inlined
         return offer - cur >= self.min_window_update and offer >= 2 * cur

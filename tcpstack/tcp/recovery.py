@@ -27,10 +27,24 @@ from tcpstack.tcp.events import (
     ZeroWindowSeen,
 )
 from tcpstack.tcp.rack import REO_WND_PERSIST, RackMixin
+from tcpstack.tcp.scoreboard import SentSegment
 from tcpstack.tcp.seq import unwrap
 from tcpstack.tcp.state import CaState
 from tcpstack.tcp.timers import TimerKind
 from tcpstack.wire.segment import TcpFlags, TcpSegment
+
+# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
+# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
+# these are read many times per segment.
+_CA_CWR = CaState.CWR
+_CA_DISORDER = CaState.DISORDER
+_CA_LOSS = CaState.LOSS
+_CA_OPEN = CaState.OPEN
+_CA_RECOVERY = CaState.RECOVERY
+_TK_LOSS_PROBE = TimerKind.LOSS_PROBE
+_TK_PERSIST = TimerKind.PERSIST
+_TK_REO_TIMEOUT = TimerKind.REO_TIMEOUT
+_TK_RETRANSMIT = TimerKind.RETRANSMIT
 
 __all__ = ["RecoveryMixin"]
 
@@ -38,6 +52,9 @@ MASK = 0xFFFFFFFF
 MAX_REORDERING = 300  # Linux net.ipv4.tcp_max_reordering
 RENEGING_MIN_DELAY = 0.010  # s, Linux tcp_check_sack_reneging's msecs_to_jiffies(10) floor
 _F_FIN, _F_SYN, _F_ECE = 0x01, 0x02, 0x40
+# The ACK of a bare SYN or FIN takes _ack_syn_or_fin; off only in the test that checks it
+# reaches the same state as the full path.
+SYN_FIN_ACK_FAST_PATH = True
 
 
 class RecoveryMixin(RackMixin):
@@ -62,7 +79,7 @@ class RecoveryMixin(RackMixin):
             ack == self.snd_una
             and not sb
             and not flags & _F_ECE
-            and self.ca_state == CaState.OPEN
+            and self.ca_state == _CA_OPEN
             and not self.dupacks
             and self.undo_marker is None
             and self.tlp_high_seq is None
@@ -77,6 +94,27 @@ class RecoveryMixin(RackMixin):
             self._update_window(seg, seq, ack, now, ack)
             self.rate.sample(now, rtt=None, min_rtt=self.rtt.min_rtt)
             return
+        recs = sb._recs
+        if (
+            len(recs) == 1
+            and SYN_FIN_ACK_FAST_PATH
+            and sb._head == 0
+            and not flags & _F_ECE
+            and self.ca_state == _CA_OPEN
+            and not self.dupacks
+            and self.undo_marker is None
+            and self.tlp_high_seq is None
+            and not seg.options.sack_blocks
+            and sb._highest_sacked is None
+        ):
+            r = recs[0]
+            if (
+                (r.syn or r.fin) and r.end == ack and r.end - r.start == 1
+                and r.start == self.snd_una and not r.retransmits
+                and not (r.sacked or r.lost or r.retrans_in_flight)
+            ):
+                self._ack_syn_or_fin(seg, r, seq, ack, now)
+                return
         mss = self.mss_cache
         prior_una = self.snd_una
         prior_in_flight = self._in_flight()
@@ -148,7 +186,7 @@ class RecoveryMixin(RackMixin):
         if rack:
             if rack_advanced:
                 newly_lost, reo_armed = self._rack_mark_lost(now)
-        elif self.sack_ok and (res.sacked_bytes or acked) and self.ca_state != CaState.LOSS:
+        elif self.sack_ok and (res.sacked_bytes or acked) and self.ca_state != _CA_LOSS:
             newly_lost = sb.update_lost(mss)
         if self.tlp_high_seq is not None:
             self._process_tlp_ack(ack, acked, res, now)
@@ -164,7 +202,7 @@ class RecoveryMixin(RackMixin):
                 # is not full (tcp_should_expand_sndbuf), so let the buffer follow cwnd.
                 self._sndbuf_expand()
             if not sb:
-                for kind in (TimerKind.RETRANSMIT, TimerKind.LOSS_PROBE, TimerKind.REO_TIMEOUT):
+                for kind in (_TK_RETRANSMIT, _TK_LOSS_PROBE, _TK_REO_TIMEOUT):
                     self.timers.cancel(kind)
                 self.tlp_pending = False
                 self.retrans_stamp = None
@@ -173,6 +211,61 @@ class RecoveryMixin(RackMixin):
             elif not reo_armed and not self._schedule_loss_probe(now, advancing_rto=True):
                 # Linux tcp_set_xmit_timer, unless RACK just armed its reordering timer.
                 self._arm_rto(now)
+
+    def _ack_syn_or_fin(
+        self, seg: TcpSegment, r: SentSegment, seq: int, ack: int, now: float
+    ) -> None:
+        """What :meth:`_process_ack` does for an ACK of exactly our bare SYN or FIN, the only
+        segment outstanding, sent once, without SACK or ECE, in the OPEN state (the spirit of
+        Linux's header prediction; every handshake and every close comes here). The state
+        reached is the full path's (tests/tcp/test_engine_costs.py compares them field by
+        field): the record leaves the scoreboard, the RTT is sampled from it (Karn-safe: never
+        retransmitted), delivery count and rate sample, RACK, the window (RFC 9293 3.10.7.4),
+        congestion control and the timers as there; only the steps that cannot change anything
+        here (SACK processing, loss marking, recovery) are skipped.
+        """
+        sb = self.sb
+        rate = self.rate
+        prior_una = self.snd_una
+        self.last_ack_recv = now
+        # Scoreboard.on_ack: the one record is cumulatively acknowledged.
+        sb._recs.clear()
+        sb._head = 0
+        sb._bytes_out -= 1
+        sb._packets_out -= r.pcount
+        sb._sack_cache = ()
+        rate.on_acked(r, now)
+        rtt_sample = now - r.last_sent
+        self.probes_out = 0  # the peer answers: RFC 1122 4.2.2.17, Linux tcp_ack
+        self.delivered_segs += r.pcount
+        self.snd_una = ack
+        self.bytes_acked += self.sndbuf.ack_to(ack)
+        self.retransmits = 0
+        self.retrans_stamp = None
+        rtt = self.rtt
+        rtt.on_rtt_sample(rtt_sample if rtt_sample > 1e-6 else 1e-6, now)
+        if not r.syn and self.profile.rack_tlp and self.sack_ok:
+            # RACK (RFC 8985 6.2): the FIN is the most recently sent delivered segment; loss
+            # detection then finds an empty scoreboard.
+            self.rack_rtt = rtt_sample
+            xmit = self.rack_xmit_ts
+            t = r.last_sent
+            if xmit is None or t > xmit or (t == xmit and r.end > self.rack_end_seq):
+                self.rack_xmit_ts = t
+                self.rack_end_seq = r.end
+        self._update_window(seg, seq, ack, now, prior_una)
+        # _ca_on_ack in the OPEN state with one byte newly delivered and nothing lost.
+        cc = self.cc
+        cc.on_ack(1, 0, now, rtt=rtt_sample, cwnd_limited=self._is_cwnd_limited())
+        rate.sample(now, losses=0, rtt=rtt_sample, min_rtt=rtt.min_rtt)
+        if self.sndbuf_auto and cc.cwnd > 0:  # Linux tcp_check_space, as on the full path
+            self._sndbuf_expand()
+        timers = self.timers
+        deadlines = timers._deadlines
+        for kind in (_TK_RETRANSMIT, _TK_LOSS_PROBE, _TK_REO_TIMEOUT):
+            if deadlines[kind] is not None:
+                timers.cancel(kind)
+        self.tlp_pending = False
 
     def _arm_reneging_timer(self, now: float) -> None:
         """Linux tcp_check_sack_reneging: give the peer max(srtt/2, 10 ms) to ACK the SACKed
@@ -184,7 +277,7 @@ class RecoveryMixin(RackMixin):
         ut = self.opts.user_timeout
         if ut is not None and self.retrans_stamp is not None:
             when = min(when, max(self.retrans_stamp + ut, now))
-        self._set_xmit_timer(TimerKind.RETRANSMIT, when)
+        self._set_xmit_timer(_TK_RETRANSMIT, when)
 
     def _update_window(
         self, seg: TcpSegment, seq: int, ack: int, now: float, prior_una: int
@@ -213,8 +306,8 @@ class RecoveryMixin(RackMixin):
         elif self.peer_zero_window:
             self.peer_zero_window = False
             self._event(ZeroWindowCleared(now, self.conn_id))
-        if wnd > 0 and self.timers.is_set(TimerKind.PERSIST):
-            self.timers.cancel(TimerKind.PERSIST)
+        if wnd > 0 and self.timers.is_set(_TK_PERSIST):
+            self.timers.cancel(_TK_PERSIST)
             self.persist_backoff = 0
             self.probes_out = 0
         return changed
@@ -230,13 +323,13 @@ class RecoveryMixin(RackMixin):
         state = self.ca_state
         ack = self.snd_una
 
-        if state == CaState.LOSS:
+        if state == _CA_LOSS:
             if ack >= self.recover and acked > 0:
                 if not self.pmtu_loss:
                     self.total_rto_time += now - self.loss_rto_start
                 self.pmtu_loss = False
-                self.ca_state = CaState.OPEN
-                state = CaState.OPEN
+                self.ca_state = _CA_OPEN
+                state = _CA_OPEN
             elif acked > 0:
                 self.cc.on_ack(delivered, self._in_flight(), now, rtt=rtt, cwnd_limited=True)
                 return
@@ -249,27 +342,27 @@ class RecoveryMixin(RackMixin):
             self._undo_dsack(now)
             state = self.ca_state
 
-        if self.ecn_ok and seg.flags & TcpFlags.ECE and state in (CaState.OPEN, CaState.DISORDER):
+        if self.ecn_ok and seg.flags & TcpFlags.ECE and state in (_CA_OPEN, _CA_DISORDER):
             # RFC 3168 6.1.2: react to an ECN echo once per window, like a loss but without
             # retransmitting (Linux tcp_enter_cwr: PRR reduction in the CWR state).
-            self._start_reduction(prior_in_flight, now, CaState.CWR, "ecn")
+            self._start_reduction(prior_in_flight, now, _CA_CWR, "ecn")
             self.cwr_pending = True
-            state = CaState.CWR
+            state = _CA_CWR
 
-        if state in (CaState.RECOVERY, CaState.CWR):
+        if state in (_CA_RECOVERY, _CA_CWR):
             if ack >= self.recover and acked > 0 and (
-                state == CaState.CWR or ack > self.recover or self.sack_ok or not sb
+                state == _CA_CWR or ack > self.recover or self.sack_ok or not sb
             ):
                 self._end_reduction(now)
                 state = self.ca_state
             else:
-                if state == CaState.RECOVERY and not self.sack_ok:
+                if state == _CA_RECOVERY and not self.sack_ok:
                     if acked > 0:
                         # RFC 6582 partial ACK: the next hole is lost; dupacks consumed.
                         self.dupacks = max(self.dupacks - (acked + mss - 1) // mss, 0)
                     elif is_dupack:
                         self.dupacks += 1
-                if state == CaState.RECOVERY and newly_lost:
+                if state == _CA_RECOVERY and newly_lost:
                     self._event(LossDetected(now, self.conn_id, newly_lost, newly_lost > 1))
                     self.lost_total += newly_lost
                 self._prr(delivered, acked > 0, newly_lost)
@@ -283,7 +376,7 @@ class RecoveryMixin(RackMixin):
                 self.dupacks = 0
             if sb.lost_segments > 0:
                 self.lost_total += newly_lost
-                self._start_reduction(prior_in_flight, now, CaState.RECOVERY, "sack")
+                self._start_reduction(prior_in_flight, now, _CA_RECOVERY, "sack")
                 self._event(LossDetected(now, self.conn_id, max(newly_lost, 1), newly_lost > 1))
                 self._prr(delivered, acked > 0, newly_lost)
                 return
@@ -292,7 +385,7 @@ class RecoveryMixin(RackMixin):
                 self.dupacks += 1
                 if self.dupacks >= self.profile.dup_ack_threshold:
                     self.lost_total += 1
-                    self._start_reduction(prior_in_flight, now, CaState.RECOVERY, "dupacks")
+                    self._start_reduction(prior_in_flight, now, _CA_RECOVERY, "dupacks")
                     self._event(LossDetected(now, self.conn_id, 1, False))
                     self._prr(max(delivered, mss), False, 1)
                     return
@@ -303,7 +396,7 @@ class RecoveryMixin(RackMixin):
                 delivered, self._in_flight(), now, rtt=rtt, cwnd_limited=self._is_cwnd_limited()
             )
         disorder = self.dupacks > 0 or (self.sack_ok and sb.sacked_segments > 0)
-        self.ca_state = CaState.DISORDER if disorder else CaState.OPEN
+        self.ca_state = _CA_DISORDER if disorder else _CA_OPEN
 
     def _undo_dsack(self, now: float) -> None:
         cc = self.cc
@@ -312,9 +405,9 @@ class RecoveryMixin(RackMixin):
         self.undos += 1
         self.rack_reo_wnd_persist = min(self.rack_reo_wnd_persist + 1, REO_WND_PERSIST)
         self._event(UndoneReduction(now, self.conn_id, cc.cwnd, cc.ssthresh, "dsack"))
-        if self.ca_state == CaState.RECOVERY:
+        if self.ca_state == _CA_RECOVERY:
             # Linux tcp_try_to_open: leave recovery; new losses start a new episode.
-            self.ca_state = CaState.DISORDER if self.sb.sacked_segments else CaState.OPEN
+            self.ca_state = _CA_DISORDER if self.sb.sacked_segments else _CA_OPEN
             self.dupacks = 0
             self._event(RecoveryExited(now, self.conn_id, cc.cwnd, cc.ssthresh))
 
@@ -325,8 +418,8 @@ class RecoveryMixin(RackMixin):
         if lost:
             self.lost_total += lost
             self._event(LossDetected(now, self.conn_id, lost, lost > 1))
-            if self.ca_state not in (CaState.RECOVERY, CaState.LOSS):
-                self._start_reduction(prior_in_flight, now, CaState.RECOVERY, "rack")
+            if self.ca_state not in (_CA_RECOVERY, _CA_LOSS):
+                self._start_reduction(prior_in_flight, now, _CA_RECOVERY, "rack")
                 self._prr(self.mss_cache, False, lost)
         if wait > 0:
             self._arm_reo_timer(now, wait)
@@ -348,7 +441,7 @@ class RecoveryMixin(RackMixin):
         self.prior_cwnd = cc.cwnd
         self.prior_ssthresh = cc.ssthresh
         # Linux tcp_init_undo for a recovery; a CWR (ECN) reduction is never undone.
-        self.undo_marker = self.snd_una if state == CaState.RECOVERY else None
+        self.undo_marker = self.snd_una if state == _CA_RECOVERY else None
         self.undo_retrans = self.sb.retrans_out or -1
         self.tlp_high_seq = None
         self.recover = self.snd_nxt
@@ -362,9 +455,9 @@ class RecoveryMixin(RackMixin):
     def _end_reduction(self, now: float) -> None:
         cc = self.cc
         cc.on_recovery_exit(now)
-        if self.ca_state == CaState.RECOVERY and self.profile.rack_tlp:
+        if self.ca_state == _CA_RECOVERY and self.profile.rack_tlp:
             self._rack_recovery_done()
-        self.ca_state = CaState.OPEN
+        self.ca_state = _CA_OPEN
         self.dupacks = 0
         self._event(RecoveryExited(now, self.conn_id, cc.cwnd, cc.ssthresh))
 
@@ -410,7 +503,7 @@ class RecoveryMixin(RackMixin):
         self.total_rto += 1
         self.retransmits += 1
         cc = self.cc
-        if self.ca_state != CaState.LOSS or self.pmtu_loss:
+        if self.ca_state != _CA_LOSS or self.pmtu_loss:
             self.pmtu_loss = False
             self.total_rto_recoveries += 1
             self.loss_rto_start = now
@@ -430,7 +523,7 @@ class RecoveryMixin(RackMixin):
         if newly > 0:
             self.lost_total += newly
             self._event(LossDetected(now, self.conn_id, newly, newly > 1))
-        self.ca_state = CaState.LOSS
+        self.ca_state = _CA_LOSS
         self.recover = self.snd_nxt
         self.dupacks = 0
         self.undo_marker = None  # no undo of an RTO episode (F-RTO/Eifel are not implemented)

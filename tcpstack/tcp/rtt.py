@@ -121,6 +121,13 @@ def _validate(initial_rto: float, min_rto: float, max_rto: float, slop: float) -
 class RttEstimator:
     """RFC 6298 SRTT/RTTVAR and RTO with exponential backoff; see the module for profiles."""
 
+    # Slots: one per connection, made on every connect and accept (a dict per instance costs
+    # both the construction time and memory of each idle or TIME-WAIT connection).
+    __slots__ = (
+        "slop", "profile", "initial_rto", "min_rto", "max_rto", "granularity", "srtt", "rttvar",
+        "latest_rtt", "samples", "backoff", "_min_rtt", "rttvar_l", "_mdev_max", "_round_end",
+    )
+
     def __init__(
         self,
         *,
@@ -188,8 +195,11 @@ class RttEstimator:
             self.rttvar = (1 - BETA) * self.rttvar + BETA * abs(error)
             self.srtt = self.srtt + ALPHA * error
         # Keep the estimates finite and bounded whatever the samples were.
-        self.srtt = min(self.srtt, self.max_rto)
-        self.rttvar = min(self.rttvar, self.max_rto)
+        # Conditional expressions, not min() (keyword parsing on every call in CPython 3.11).
+        if self.srtt > self.max_rto:
+            self.srtt = self.max_rto
+        if self.rttvar > self.max_rto:
+            self.rttvar = self.max_rto
 
     def _linux_update(self, error: float, now: float) -> None:
         assert self.srtt is not None and self.rttvar is not None
@@ -219,12 +229,19 @@ class RttEstimator:
             rto = self.srtt + self.rttvar_l
         else:
             rto = max(self.srtt + max(self.granularity, K * self.rttvar), self.min_rto)
-        return min(rto, self.max_rto)
+        # Not min(): builtin min/max parse keyword arguments on every call in CPython 3.11,
+        # and the RTO is read whenever a timer is armed.
+        return rto if rto < self.max_rto else self.max_rto
 
     @property
     def rto(self) -> float:
         """min(base_rto * 2**backoff, max_rto) (RFC 6298 sections 5.5 and 2.5), plus ``slop``."""
-        rto = min(self.base_rto * 2.0 ** min(self.backoff, _MAX_BACKOFF_EXPONENT), self.max_rto)
+        backoff = self.backoff
+        rto = self.base_rto
+        if backoff:
+            rto *= 2.0 ** min(backoff, _MAX_BACKOFF_EXPONENT)
+        if rto > self.max_rto:
+            rto = self.max_rto
         if self.slop and (self.backoff or self.srtt is not None):
             # FreeBSD TCPT_RANGESET(t_rxtcur, value, t_rttmin, TCPTV_REXMTMAX): only the
             # initial t_rxtcur (rexmit_initial) goes without the slop.

@@ -130,6 +130,12 @@ def _subtract(lo: int, hi: int, cache: Sequence[tuple[int, int]]) -> list[tuple[
 class Scoreboard(LossMarking):
     """Retransmission queue with SACK state for one connection (RFC 6675)."""
 
+    # Slots: one per connection (construction time and idle memory, issue 4).
+    __slots__ = (
+        "_bytes_out", "_packets_out", "_sacked_bytes", "_sacked_segs", "_lost_bytes",
+        "_lost_segs", "_retrans_bytes", "_retrans_segs",
+    )
+
     def __init__(self, *, dupthresh: int = 3) -> None:
         if dupthresh < 1:
             raise ValueError(f"dupthresh must be >= 1, not {dupthresh}")
@@ -369,6 +375,23 @@ class Scoreboard(LossMarking):
         del mss  # SACK marking is by byte; IsLost (update_lost, pipe) uses the MSS
         if self._snd_nxt is not None and snd_una > self._snd_nxt:
             raise ValueError(f"ACK {snd_una} beyond snd_nxt {self._snd_nxt}")
+        recs = self._recs
+        if not sack_blocks and len(recs) == 1 and self._head == 0 and self._highest_sacked is None:
+            r = recs[0]
+            if r.end <= snd_una and not (r.sacked or r.lost or r.retrans_in_flight):
+                # The one record outstanding is acknowledged, no SACK (a SYN, a FIN, or a lone
+                # segment): what the general path below does, without its lists and loops.
+                n = r.end - r.start
+                recs.clear()
+                self._bytes_out -= n
+                self._packets_out -= r.pcount
+                self._sack_cache = ()
+                if rate is not None:
+                    rate.on_acked(r, now)
+                return _new_ack_result(
+                    n, 0, n, [r], [], None if r.retransmits else now - r.last_sent, False, None,
+                    None, 0,
+                )
         prior_high = self._highest_sacked
         newly_sacked: list[SentSegment] = []
         newly_acked: list[SentSegment] = []

@@ -16,6 +16,23 @@ from tcpstack.tcp.state import CaState, TcpState
 from tcpstack.tcp.timers import TimerKind
 from tcpstack.wire.segment import TcpFlags, TcpOptions, TcpSegment
 
+# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
+# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
+# these are read many times per segment.
+_CA_CWR = CaState.CWR
+_CA_LOSS = CaState.LOSS
+_CA_OPEN = CaState.OPEN
+_CA_RECOVERY = CaState.RECOVERY
+_ST_CLOSE_WAIT = TcpState.CLOSE_WAIT
+_ST_CLOSING = TcpState.CLOSING
+_ST_ESTABLISHED = TcpState.ESTABLISHED
+_ST_FIN_WAIT_1 = TcpState.FIN_WAIT_1
+_ST_LAST_ACK = TcpState.LAST_ACK
+_TK_LOSS_PROBE = TimerKind.LOSS_PROBE
+_TK_PERSIST = TimerKind.PERSIST
+_TK_REO_TIMEOUT = TimerKind.REO_TIMEOUT
+_TK_RETRANSMIT = TimerKind.RETRANSMIT
+
 __all__ = ["SenderMixin"]
 
 # Plain ints: flags are combined on ints (IntFlag's operators are Python-level calls) and
@@ -30,12 +47,12 @@ TCP_MIN_TSO_SEGS = 2  # Linux sysctl_tcp_min_tso_segs: a super-segment worth bui
 
 TCP_TIMEOUT_MIN = 0.002  # Linux TCP_TIMEOUT_MIN: 2 jiffies
 TCP_TIMEOUT_INIT = 1.0  # PTO when there is no RTT sample yet (RFC 8985 7.2)
-_XMIT_TIMERS = (TimerKind.RETRANSMIT, TimerKind.LOSS_PROBE, TimerKind.REO_TIMEOUT)
+_XMIT_TIMERS = (_TK_RETRANSMIT, _TK_LOSS_PROBE, _TK_REO_TIMEOUT)
 
 # States in which our side may still send data or retransmit (RFC 9293 3.10.4 / 3.10.7).
 SENDING_STATES = frozenset({
-    TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1, TcpState.CLOSING,
-    TcpState.LAST_ACK,
+    _ST_ESTABLISHED, _ST_CLOSE_WAIT, _ST_FIN_WAIT_1, _ST_CLOSING,
+    _ST_LAST_ACK,
 })
 
 
@@ -53,13 +70,14 @@ class SenderMixin(ConnectionCore):
         during recovery (Linux tcp_add_reno_sack / tcp_mark_head_lost).
         """
         sb = self.sb
+        # Scoreboard.bytes_in_flight, inlined (several calls per ACK and per poll).
+        flight = sb._bytes_out - sb._sacked_bytes - sb._lost_bytes + sb._retrans_bytes
         if self.sack_ok:
-            return sb.bytes_in_flight
-        flight = sb.bytes_in_flight
+            return flight
         if self.dupacks and flight:
             segs = sb.packets_out
             flight -= min(self.dupacks, max(segs - 1, 0)) * self.mss_cache
-        if self.ca_state == CaState.RECOVERY:
+        if self.ca_state == _CA_RECOVERY:
             head = sb.first()
             if head is not None and not head.lost:
                 flight -= head.end - head.start
@@ -118,7 +136,7 @@ class SenderMixin(ConnectionCore):
         in_flight = self._in_flight()
         ca_state = self.ca_state
         if (
-            ca_state < CaState.RECOVERY
+            ca_state < _CA_RECOVERY
             and not self.tlp_pending
             and self.sndbuf.end <= self.snd_nxt
             and (not self.shut_wr or self.fin_seq is not None)
@@ -131,7 +149,7 @@ class SenderMixin(ConnectionCore):
         mss = self._current_mss()
 
         # 1. Retransmissions: lost segments (SACK recovery, RTO recovery) or the NewReno head.
-        if ca_state >= CaState.RECOVERY:
+        if ca_state >= _CA_RECOVERY:
             in_flight = self._retransmit_lost(now, out, in_flight)
 
         # 2. New data and FIN. A tail loss probe may send one new segment whatever cwnd and
@@ -147,7 +165,7 @@ class SenderMixin(ConnectionCore):
         half_max_window = self.max_window >> 1
         nodelay = self.opts.nodelay
         data_tos = self._data_tos()
-        in_recovery = self.ca_state == CaState.RECOVERY
+        in_recovery = self.ca_state == _CA_RECOVERY
         rate = self.rate
         emit = self._emit
         on_sent = sb.on_sent
@@ -277,7 +295,7 @@ class SenderMixin(ConnectionCore):
         # 3. RFC 6675 rule 3: with nothing new to send, retransmit holes below the highest SACK
         # (not with RACK: Linux retransmits only what is marked lost).
         if (
-            self.ca_state == CaState.RECOVERY and self.sack_ok and not cwnd_blocked
+            self.ca_state == _CA_RECOVERY and self.sack_ok and not cwnd_blocked
             and not self.profile.rack_tlp
         ):
             in_flight = self._retransmit_lost(now, out, in_flight, rule3=True)
@@ -295,20 +313,34 @@ class SenderMixin(ConnectionCore):
             self.max_flight = in_flight
             self.cwnd_usage_seq = self.snd_nxt
             self.cwnd_limited = cwnd_blocked
-        self._update_app_limited(in_flight)
-        self._chrono(
-            now,
-            busy=bool(sb),
-            rwnd=rwnd_blocked,
-            sndbuf=self.sndbuf.space == 0 and not rwnd_blocked and not cwnd_blocked,
+        # _update_app_limited and _chrono, inlined: this runs on every poll of a sending
+        # connection, most of which change neither.
+        sndbuf = self.sndbuf
+        if (
+            sndbuf._end - self.snd_nxt < self.mss_cache
+            and in_flight < self.cc.cwnd
+            and sb._lost_segs <= sb._retrans_segs
+        ):
+            rate = self.rate
+            rate.app_limited = (rate.delivered + in_flight) or 1  # RateSampler.mark_app_limited
+        busy = len(sb._recs) > sb._head
+        sndbuf_limited = (
+            not rwnd_blocked and not cwnd_blocked
+            and sndbuf.capacity - (sndbuf._end - sndbuf.start) <= 0
         )
+        if (
+            busy == (self.busy_start is None)
+            or rwnd_blocked == (self.rwnd_limited_start is None)
+            or sndbuf_limited == (self.sndbuf_limited_start is None)
+        ):
+            self._chrono(now, busy=busy, rwnd=rwnd_blocked, sndbuf=sndbuf_limited)
         # RFC 9293 3.8.6.1: data waiting on a closed window with nothing in flight to draw an
         # ACK: the persist timer will probe.
         if (
             rwnd_blocked
-            and not sb
-            and not self.timers.is_set(TimerKind.PERSIST)
-            and not self.timers.is_set(TimerKind.RETRANSMIT)
+            and not busy
+            and not self.timers.is_set(_TK_PERSIST)
+            and not self.timers.is_set(_TK_RETRANSMIT)
         ):
             self._arm_persist(now)
 
@@ -319,10 +351,10 @@ class SenderMixin(ConnectionCore):
         cwnd = self.cc.cwnd
         mss = self._current_mss()
         kind = (
-            RetransmitKind.RTO if self.ca_state == CaState.LOSS
+            RetransmitKind.RTO if self.ca_state == _CA_LOSS
             else RetransmitKind.SACK_RECOVERY if self.sack_ok else RetransmitKind.FAST
         )
-        if not self.sack_ok and self.ca_state == CaState.RECOVERY:
+        if not self.sack_ok and self.ca_state == _CA_RECOVERY:
             # NewReno (RFC 6582): retransmit the first unacknowledged segment once per
             # (partial) ACK that asks for it.
             head = sb.first()
@@ -370,12 +402,12 @@ class SenderMixin(ConnectionCore):
             self.data_segs_out += 1
             self.bytes_sent += n
         self.undo_retrans = max(self.undo_retrans, 0) + 1
-        if self.ca_state == CaState.RECOVERY:
+        if self.ca_state == _CA_RECOVERY:
             self.prr_out += length
         if self.retrans_stamp is None:
             self.retrans_stamp = now
-        if not self.timers.is_set(TimerKind.RETRANSMIT) and not self.timers.is_set(
-            TimerKind.REO_TIMEOUT
+        if not self.timers.is_set(_TK_RETRANSMIT) and not self.timers.is_set(
+            _TK_REO_TIMEOUT
         ):
             self._arm_rto(now)
         self._event(SegmentRetransmitted(now, self.conn_id, kind, start & MASK, end & MASK))
@@ -410,13 +442,13 @@ class SenderMixin(ConnectionCore):
         ut = self.opts.user_timeout
         if ut is not None and self.retrans_stamp is not None:
             when = min(when, max(self.retrans_stamp + ut, now))
-        self._set_xmit_timer(TimerKind.RETRANSMIT, when)
+        self._set_xmit_timer(_TK_RETRANSMIT, when)
 
     def _arm_persist(self, now: float) -> None:
         # RFC 9293 3.8.6.1 / Linux tcp_probe0_when: RTO with exponential backoff, capped.
         interval = min(self.rtt.base_rto * (1 << min(self.persist_backoff, 24)),
                        self.profile.max_rto)
-        self.timers.set(TimerKind.PERSIST, now + interval)
+        self.timers.set(_TK_PERSIST, now + interval)
 
     def _send_probe(self, now: float) -> None:
         """Zero-window / keep-alive probe: an ACK with an old sequence number, which forces the
@@ -428,8 +460,8 @@ class SenderMixin(ConnectionCore):
     def _xmit_timer_pending(self) -> bool:
         t = self.timers
         return (
-            t.is_set(TimerKind.RETRANSMIT) or t.is_set(TimerKind.LOSS_PROBE)
-            or t.is_set(TimerKind.REO_TIMEOUT)
+            t.is_set(_TK_RETRANSMIT) or t.is_set(_TK_LOSS_PROBE)
+            or t.is_set(_TK_REO_TIMEOUT)
         )
 
     def _set_xmit_timer(self, kind: TimerKind, when: float) -> None:
@@ -449,7 +481,7 @@ class SenderMixin(ConnectionCore):
         if (
             not self.sack_ok
             or not sb
-            or (ca != CaState.OPEN and ca != CaState.CWR)
+            or (ca != _CA_OPEN and ca != _CA_CWR)
             or not self.profile.rack_tlp
         ):
             return False
@@ -471,11 +503,11 @@ class SenderMixin(ConnectionCore):
             if 0 < rto_delta < pto:
                 pto = rto_delta
         timers = self.timers
-        if timers.is_set(TimerKind.RETRANSMIT):
-            timers.cancel(TimerKind.RETRANSMIT)
-        if timers.is_set(TimerKind.REO_TIMEOUT):
-            timers.cancel(TimerKind.REO_TIMEOUT)
-        timers.set(TimerKind.LOSS_PROBE, now + pto)
+        if timers.is_set(_TK_RETRANSMIT):
+            timers.cancel(_TK_RETRANSMIT)
+        if timers.is_set(_TK_REO_TIMEOUT):
+            timers.cancel(_TK_REO_TIMEOUT)
+        timers.set(_TK_LOSS_PROBE, now + pto)
         return True
 
     def _on_loss_probe_timer(self, now: float) -> None:
@@ -486,7 +518,7 @@ class SenderMixin(ConnectionCore):
         if (
             self.tlp_high_seq is not None  # at most one probe outstanding (RFC 8985 7.3)
             or self.state not in SENDING_STATES
-            or self.ca_state in (CaState.RECOVERY, CaState.LOSS)
+            or self.ca_state in (_CA_RECOVERY, _CA_LOSS)
         ):
             head = self.sb.first()
             self._arm_rto(now, since=head.last_sent if head is not None else None)

@@ -51,6 +51,11 @@ class TcpState(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    # Members are singletons compared by identity, so the identity hash is consistent with
+    # equality; Enum's own __hash__ (hash of the name) is a Python-level call, and states are
+    # looked up in sets several times per segment.
+    __hash__ = object.__hash__
+
 
 _LINUX_CODES: dict[TcpState, int] = {
     TcpState.ESTABLISHED: 1,

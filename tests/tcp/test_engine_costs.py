@@ -4,15 +4,17 @@ quiet connection that holds no output queue."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import pytest
 
-from tcpstack.tcp import config
+from tcpstack.tcp import config, recovery
 from tcpstack.tcp.config import ConnectionOptions, resolve_options
 from tcpstack.tcp.connection import Connection
 from tcpstack.tcp.events import StateChanged
@@ -127,3 +129,81 @@ def test_quiet_connection_holds_no_output_queue() -> None:
     out = b.poll_transmit(now + 0.002)
     assert out and all(s.ack == (seg.seq + 10) & 0xFFFFFFFF for s in out)
     assert b.outq is None
+
+
+def _snapshot(obj: Any, depth: int = 0) -> Any:
+    """Every value reachable from one of the engine's objects, as plain data."""
+    if depth > 10:
+        return repr(obj)
+    if isinstance(obj, (list, tuple, deque)):
+        return [_snapshot(x, depth + 1) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _snapshot(v, depth + 1) for k, v in obj.items()}
+    cls = type(obj)
+    if cls.__module__.startswith("tcpstack."):
+        if attrs.has(cls):
+            names = [f.name for f in attrs.fields(cls)]
+        else:
+            names = [n for c in cls.__mro__ for n in getattr(c, "__slots__", ())]
+            names += list(getattr(obj, "__dict__", {}))
+        return {
+            n: _snapshot(getattr(obj, n), depth + 1)
+            for n in names if n != "__weakref__" and hasattr(obj, n)
+        }
+    return obj
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ConnectionOptions(),
+        ConnectionOptions(sack=False),
+        ConnectionOptions(timestamps=False, ecn=True),
+        ConnectionOptions(profile="freebsd"),
+    ],
+    ids=["linux", "no-sack", "no-ts-ecn", "freebsd"],
+)
+def test_ack_of_syn_or_fin_fast_path_reaches_the_full_paths_state(
+    options: ConnectionOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every segment of a handshake and a close (one side closing first, the other after a
+    # delay) is fed to the receiving engine twice: as is, and to a deep copy with the SYN/FIN
+    # ACK fast path off. Both must end in the same state, every counter, timer and sample alike.
+    def deliver(conn: Connection, seg: Any, now: float) -> Connection:
+        twin = copy.deepcopy(conn)
+        conn.on_segment(seg, now)
+        monkeypatch.setattr(recovery, "SYN_FIN_ACK_FAST_PATH", False)
+        twin.on_segment(seg, now)
+        monkeypatch.setattr(recovery, "SYN_FIN_ACK_FAST_PATH", True)
+        assert _snapshot(conn) == _snapshot(twin)
+        return conn
+
+    fast_taken = 0
+    original = Connection._ack_syn_or_fin
+
+    def counting(self: Connection, *args: Any) -> None:
+        nonlocal fast_taken
+        fast_taken += 1
+        original(self, *args)
+
+    monkeypatch.setattr(Connection, "_ack_syn_or_fin", counting)
+    a = Connection(("198.18.0.1", 1000), ("198.18.0.2", 80), iss=1000, options=options)
+    a.open_active(0.0)
+    b = Connection.from_syn(a.poll_transmit(0.0)[0], iss=5000, options=options, now=0.011)
+    deliver(a, b.poll_transmit(0.011)[0], 0.021)
+    for seg in a.poll_transmit(0.021):
+        deliver(b, seg, 0.032)  # the ACK of the SYN-ACK
+    assert a.state is b.state is TcpState.ESTABLISHED
+    a.close()
+    fin = a.poll_transmit(0.05)
+    deliver(b, fin[0], 0.06)
+    for seg in b.poll_transmit(0.06):
+        deliver(a, seg, 0.07)  # b's ACK of the FIN (fast path)
+    b.close()
+    for seg in b.poll_transmit(0.2):
+        deliver(a, seg, 0.21)
+    for seg in a.poll_transmit(0.21):
+        deliver(b, seg, 0.22)  # the last ACK, of b's FIN
+    assert a.state is TcpState.TIME_WAIT and b.state is TcpState.CLOSED
+    assert fast_taken == 3  # the ACKs of the SYN-ACK, of a's FIN and of b's FIN
+    assert a.rtt.srtt is not None and b.rtt.srtt is not None

@@ -407,3 +407,35 @@ def test_incremental_state_matches_recomputation(seed: int) -> None:
         else:
             sb.mark_all_lost(clear_sacked=rng.random() < 0.5)
         check_model(sb, mss)
+
+
+@pytest.mark.parametrize("case", ["fresh", "retransmitted", "tso", "syn"])
+def test_single_record_ack_shortcut_matches_the_general_path(case: str) -> None:
+    # on_ack takes a shortcut when the one record outstanding is acknowledged without SACK
+    # (every SYN, FIN and lone segment). An ACK carrying an empty (so ignored) SACK block goes
+    # the general way; both must give the same result and leave the same state behind.
+    def run(blocks: list[tuple[int, int]]) -> tuple[object, ...]:
+        sb, rate = Scoreboard(), RateSampler()
+        if case == "tso":
+            sb.on_sent(1000, 5000, 0.0, retransmit=False, rate=rate, gso_size=1000)
+        else:
+            sb.on_sent(1000, 1001 if case == "syn" else 2000, 0.0, retransmit=False, rate=rate,
+                       syn=case == "syn")
+        if case == "retransmitted":
+            sb.on_sent(1000, 2000, 0.2, retransmit=True, rate=rate)
+        end = sb.snd_nxt
+        assert end is not None
+        res = sb.on_ack(end, blocks, 0.3, MSS, rate=rate)
+        rate_state = tuple(getattr(rate, name) for name in RateSampler.__slots__)
+        return (
+            res.acked_bytes, res.sacked_bytes, res.delivered_bytes,
+            [(r.start, r.end, r.pcount) for r in res.newly_acked], res.newly_sacked,
+            res.rtt_sample, res.dsack, res.dsack_range, res.highest_sacked, res.reordering,
+            len(sb), sb.bytes_outstanding, sb.packets_out, sb.bytes_in_flight, sb.snd_una,
+            sb._sack_cache, rate_state,
+        )
+
+    shortcut = run([])
+    assert shortcut == run([(5, 5)])
+    assert shortcut[0] > 0 and shortcut[10] == 0
+    assert (shortcut[5] is None) == (case == "retransmitted")  # Karn's rule

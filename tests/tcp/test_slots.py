@@ -56,3 +56,18 @@ def test_resolve_options_does_not_cache_errors() -> None:
     for _ in range(2):
         with pytest.raises(ValueError, match="mtu"):
             resolve_options(bad)
+
+
+@pytest.mark.parametrize("congestion", ["cubic", "newreno"])
+def test_per_connection_parts_have_no_instance_dict(congestion: str) -> None:
+    # Made on every connect and accept and kept by every idle or TIME-WAIT connection: a dict
+    # each would cost construction time and memory (issue 4's handshake rate and 8 KiB bars).
+    conn = _conn(ConnectionOptions(congestion=congestion))
+    parts = [conn.rtt, conn.cc, conn.rcv, conn.rcv.ooo, conn.sb, conn.rate, conn.timers,
+             conn.sndbuf]
+    hystart = getattr(conn.cc, "hystart", None)
+    if congestion == "cubic":
+        assert hystart is not None
+        parts.append(hystart)
+    for part in parts:
+        assert not hasattr(part, "__dict__"), type(part).__name__
