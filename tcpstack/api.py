@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ from tcpstack.tcp.config import ConnectionOptions, KeepaliveOptions
 from tcpstack.tcp.events import Event
 from tcpstack.tcp.info import TCPInfo
 from tcpstack.tcp.state import TcpState
+from tcpstack.waiters import Ready
 
 # Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
 # attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
@@ -209,9 +211,12 @@ class TCPStream(trio.abc.HalfCloseableStream):
             events = self._events
             while events:
                 yield events.popleft()
-            if self.conn.state is _ST_CLOSED:
+            conn = self.conn
+            if conn.state is _ST_CLOSED:
                 return
-            await self.stack.wait_changed(self.conn)
+            # Wake for new events (in the engine, or moved here by another task's wait), not
+            # for every segment; CLOSED and errors wake every waiter anyway.
+            await self.stack.wait_changed(conn, self._events_ready)
 
     def _collect_events(self) -> None:
         new = self.conn.drain_events()
@@ -233,9 +238,26 @@ class TCPStream(trio.abc.HalfCloseableStream):
             exc = OSError(errno.ENOTCONN, f"connection closed (state {self.conn.state.name})")
         raise trio.BrokenResourceError(exc.strerror or str(exc)) from exc
 
-    async def _wait(self) -> None:
+    async def _wait(self, ready: Ready | None = None) -> None:
         self._collect_events()
-        await self.stack.wait_changed(self.conn)
+        await self.stack.wait_changed(self.conn, ready)
+
+    def _send_ready(self, remaining: int) -> bool:
+        """A blocked sender's condition: room for the rest of its data, or free space of at
+        least half the bytes queued (Linux's sk_stream_is_writeable: sk_stream_wspace >=
+        sk_stream_min_wspace), so it wakes a few times per window, not on every ACK."""
+        if self._closed:
+            return True
+        conn = self.conn
+        space = conn.send_space
+        return space >= remaining or (space > 0 and 2 * space >= len(conn.sndbuf))
+
+    def _events_ready(self) -> bool:
+        return bool(self.conn.events or self._events)
+
+    def _receive_ready(self) -> bool:
+        conn = self.conn
+        return self._closed or conn.readable_bytes > 0 or conn.rcv.fin_received
 
     # -------------------------------------------------------------- trio.abc.Stream
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -266,7 +288,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
                     view = view[accepted:]
                     self.stack.touch(conn)
                 if view:
-                    await self._wait()
+                    await self._wait(functools.partial(self._send_ready, len(view)))
             await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._sending = False
@@ -279,7 +301,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
             conn.send_space == 0 and conn.error is None and conn.state is not _ST_CLOSED
             and not self._closed
         ):
-            await self._wait()
+            await self._wait(lambda: self._closed or conn.send_space > 0)
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -314,7 +336,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("the stream was closed while receiving")
                 if conn.error is not None or conn.state is _ST_CLOSED:
                     self._raise_broken()
-                await self._wait()
+                await self._wait(self._receive_ready)
         finally:
             self._receiving = False
 

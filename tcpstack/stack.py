@@ -37,6 +37,7 @@ from tcpstack.tcp import Connection
 from tcpstack.tcp.config import ConnectionOptions, SynFinPolicy, get_profile
 from tcpstack.tcp.info import TCPInfo
 from tcpstack.tcp.state import TcpState
+from tcpstack.waiters import Ready, Waiters
 from tcpstack.wire import ChecksumError, MalformedPacket, build_packet, parse_packet
 from tcpstack.wire.segment import (
     IcmpMessage,
@@ -144,7 +145,7 @@ class StackCore(ListenerMixin, IcmpMixin):
         self._cookies = SynCookies(address, None if isn_secret is None else isn_secret[::-1])
         self._random = random.Random(seed)
         self._conns: dict[ConnKey, Connection] = {}
-        self._waiters: dict[int, trio.lowlevel.ParkingLot] = {}
+        self._waiters: dict[int, Waiters] = {}
         self._owner: dict[int, ListenState] = {}  # half-open passive connections -> their listener
         self._listeners: dict[int, ListenState] = {}
         self._soft_errors: weakref.WeakKeyDictionary[Connection, OSError] = weakref.WeakKeyDictionary()
@@ -259,18 +260,20 @@ class StackCore(ListenerMixin, IcmpMixin):
         listener.lot.unpark_all()
         self.flush()
 
-    async def wait_changed(self, conn: Connection) -> None:
-        """Park until the engine of ``conn`` has processed something (segment, timer, close).
-        Returns at once (after a checkpoint) if the stack no longer holds the connection."""
+    async def wait_changed(self, conn: Connection, ready: Ready | None = None) -> None:
+        """Park until the engine of ``conn`` has processed something (segment, timer, close)
+        and, if given, ``ready()`` holds then; an error, TIME-WAIT or CLOSED wakes every
+        waiter whatever its condition (:class:`~tcpstack.waiters.Waiters`). Returns at once
+        (after a checkpoint) if the stack no longer holds the connection."""
         lot = self._waiters.get(conn.conn_id)
         if lot is None:
             if self._conns.get(self._key(conn)) is not conn:
                 await trio.lowlevel.checkpoint()
                 return
             # Created on first wait, not per connection: most idle connections never have a
-            # waiter, and a ParkingLot costs both time on the accept path and memory.
-            lot = self._waiters[conn.conn_id] = trio.lowlevel.ParkingLot()
-        await lot.park()
+            # waiter, and the object costs both time on the accept path and memory.
+            lot = self._waiters[conn.conn_id] = Waiters()
+        await lot.wait(ready)
 
     async def wait_accept(self, listener: ListenState) -> None:
         await listener.lot.park()
@@ -312,9 +315,13 @@ class StackCore(ListenerMixin, IcmpMixin):
                     self._settle_passive(conn)
                 lot = waiters.get(conn_id)
                 if lot is not None:
-                    lot.unpark_all()
-                    if conn.state is _ST_TIME_WAIT:
-                        del waiters[conn_id]  # see _after_change
+                    state = conn.state
+                    if state is _ST_TIME_WAIT or state is _ST_CLOSED or conn.error is not None:
+                        lot.wake(everyone=True)
+                        if state is _ST_TIME_WAIT:
+                            del waiters[conn_id]  # see _after_change
+                    else:
+                        lot.wake()
                 if conn.state is _ST_CLOSED:
                     self._forget(conn)
             self._send(packets)
@@ -591,8 +598,11 @@ class StackCore(ListenerMixin, IcmpMixin):
             self._settle_passive(conn)
         lot = self._waiters.get(conn.conn_id)
         if lot is not None:
-            lot.unpark_all()
-            if conn.state is _ST_TIME_WAIT:
+            state = conn.state
+            lot.wake(
+                everyone=state is _ST_TIME_WAIT or state is _ST_CLOSED or conn.error is not None
+            )
+            if state is _ST_TIME_WAIT:
                 # TIME-WAIT lasts 2 MSL with nothing left to wait for: drop the lot rather than
                 # keep it (and its objects for the garbage collector) that long. A task that
                 # waits later gets a new one from wait_changed.
@@ -604,7 +614,9 @@ class StackCore(ListenerMixin, IcmpMixin):
         key = self._key(conn)
         if self._conns.get(key) is conn:
             del self._conns[key]
-        self._waiters.pop(conn.conn_id, None)
+        lot = self._waiters.pop(conn.conn_id, None)
+        if lot is not None:
+            lot.wake(everyone=True)
         listener = self._owner.pop(conn.conn_id, None)
         if listener is not None:
             listener.half_open.discard(key)
