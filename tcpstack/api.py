@@ -34,20 +34,17 @@ from tcpstack.tcp import Connection
 from tcpstack.tcp.config import ConnectionOptions, KeepaliveOptions
 from tcpstack.tcp.events import Event
 from tcpstack.tcp.info import TCPInfo
-from tcpstack.tcp.state import TcpState
+from tcpstack.tcp.state import (
+    ST_CLOSE_WAIT,
+    ST_CLOSED,
+    ST_CLOSING,
+    ST_ESTABLISHED,
+    ST_FIN_WAIT_1,
+    ST_FIN_WAIT_2,
+    ST_LAST_ACK,
+    ST_TIME_WAIT,
+)
 from tcpstack.waiters import Ready
-
-# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
-# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
-# these are read many times per segment.
-_ST_CLOSED = TcpState.CLOSED
-_ST_CLOSE_WAIT = TcpState.CLOSE_WAIT
-_ST_CLOSING = TcpState.CLOSING
-_ST_ESTABLISHED = TcpState.ESTABLISHED
-_ST_FIN_WAIT_1 = TcpState.FIN_WAIT_1
-_ST_FIN_WAIT_2 = TcpState.FIN_WAIT_2
-_ST_LAST_ACK = TcpState.LAST_ACK
-_ST_TIME_WAIT = TcpState.TIME_WAIT
 
 __all__ = ["Stack", "TCPStream", "TCPListener", "StreamOptions", "open_stack"]
 
@@ -56,13 +53,13 @@ EVENT_BUFFER = 1024
 
 _SYNCHRONIZED_OR_LATER = frozenset(
     {
-        _ST_ESTABLISHED,
-        _ST_FIN_WAIT_1,
-        _ST_FIN_WAIT_2,
-        _ST_CLOSE_WAIT,
-        _ST_CLOSING,
-        _ST_LAST_ACK,
-        _ST_TIME_WAIT,
+        ST_ESTABLISHED,
+        ST_FIN_WAIT_1,
+        ST_FIN_WAIT_2,
+        ST_CLOSE_WAIT,
+        ST_CLOSING,
+        ST_LAST_ACK,
+        ST_TIME_WAIT,
     }
 )
 
@@ -212,7 +209,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
             while events:
                 yield events.popleft()
             conn = self.conn
-            if conn.state is _ST_CLOSED:
+            if conn.state is ST_CLOSED:
                 return
             # Wake for new events (in the engine, or moved here by another task's wait), not
             # for every segment; CLOSED and errors wake every waiter anyway.
@@ -276,7 +273,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
             while view:
                 if self._closed:
                     raise trio.ClosedResourceError("the stream was closed while sending")
-                if conn.error is not None or conn.state is _ST_CLOSED:
+                if conn.error is not None or conn.state is ST_CLOSED:
                     self._raise_broken()
                 if meter.enabled:
                     started = time.perf_counter_ns()
@@ -298,7 +295,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("the stream is closed")
         conn = self.conn
         while (
-            conn.send_space == 0 and conn.error is None and conn.state is not _ST_CLOSED
+            conn.send_space == 0 and conn.error is None and conn.state is not ST_CLOSED
             and not self._closed
         ):
             await self._wait(lambda: self._closed or conn.send_space > 0)
@@ -334,7 +331,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
                     return b""
                 if self._closed:
                     raise trio.ClosedResourceError("the stream was closed while receiving")
-                if conn.error is not None or conn.state is _ST_CLOSED:
+                if conn.error is not None or conn.state is ST_CLOSED:
                     self._raise_broken()
                 await self._wait(self._receive_ready)
         finally:
@@ -388,7 +385,7 @@ class TCPListener(trio.abc.Listener[TCPStream]):
             queue = self._listen.accept_queue
             while queue:
                 conn = queue.popleft()
-                if conn.state is _ST_CLOSED:
+                if conn.state is ST_CLOSED:
                     continue  # reset while it waited in the queue (Linux returns it; we skip)
                 if not waited:
                     # Parking was the schedule point already; a second one would cost another
@@ -417,14 +414,14 @@ class Stack(StackCore):
         conn = self.connect(host, port, self._merge(options))
         try:
             while conn.state not in _SYNCHRONIZED_OR_LATER:
-                if conn.error is not None or conn.state is _ST_CLOSED:
+                if conn.error is not None or conn.state is ST_CLOSED:
                     exc = self.connection_error(conn) or OSError(errno.ECONNABORTED, "closed")
                     raise OSError(
                         exc.errno, f"connect to {host}:{port} failed: {exc.strerror}"
                     ) from exc
                 await self.wait_changed(conn)
         except BaseException:
-            if conn.state is not _ST_CLOSED:
+            if conn.state is not ST_CLOSED:
                 conn.abort()
                 self.touch(conn)
             raise

@@ -19,7 +19,7 @@ import trio
 
 from tcpstack.tcp import Connection
 from tcpstack.tcp.config import ConnectionOptions
-from tcpstack.tcp.state import TcpState
+from tcpstack.tcp.state import ST_CLOSE_WAIT, ST_ESTABLISHED, ST_SYN_RECEIVED
 from tcpstack.wire import build_packet
 from tcpstack.wire.segment import TcpFlags, TcpSegment
 
@@ -29,12 +29,6 @@ if TYPE_CHECKING:
     from tcpstack.isn import IsnGenerator, SynCookies
     from tcpstack.stack import StackStats
 
-# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
-# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
-# these are read many times per segment.
-_ST_CLOSE_WAIT = TcpState.CLOSE_WAIT
-_ST_ESTABLISHED = TcpState.ESTABLISHED
-_ST_SYN_RECEIVED = TcpState.SYN_RECEIVED
 
 __all__ = ["ConnKey", "ListenState", "ListenerMixin", "COOKIE_WINDOW"]
 
@@ -140,11 +134,11 @@ class ListenerMixin:
         """A passive connection that left SYN-RECEIVED: into the accept queue, or gone."""
         listener = self._owner.get(conn.conn_id)
         state = conn.state
-        if listener is None or state is _ST_SYN_RECEIVED:
+        if listener is None or state is ST_SYN_RECEIVED:
             return
         listener.half_open.discard(self._key(conn))
         del self._owner[conn.conn_id]
-        if state in (_ST_ESTABLISHED, _ST_CLOSE_WAIT) and not listener.closed:
+        if state in (ST_ESTABLISHED, ST_CLOSE_WAIT) and not listener.closed:
             if len(listener.accept_queue) < listener.backlog:
                 listener.accept_queue.append(conn)
                 # One waiter per queued connection: waking them all would cost every other

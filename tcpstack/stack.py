@@ -36,7 +36,7 @@ from tcpstack.listeners import COOKIE_WINDOW, ConnKey, ListenerMixin, ListenStat
 from tcpstack.tcp import Connection
 from tcpstack.tcp.config import ConnectionOptions, SynFinPolicy, get_profile
 from tcpstack.tcp.info import TCPInfo
-from tcpstack.tcp.state import TcpState
+from tcpstack.tcp.state import ST_CLOSED, ST_SYN_RECEIVED, ST_TIME_WAIT, TcpState
 from tcpstack.waiters import Ready, Waiters
 from tcpstack.wire import ChecksumError, MalformedPacket, build_packet, parse_packet
 from tcpstack.wire.segment import (
@@ -44,13 +44,6 @@ from tcpstack.wire.segment import (
     TcpFlags,
     TcpSegment,
 )
-
-# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
-# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
-# these are read many times per segment.
-_ST_CLOSED = TcpState.CLOSED
-_ST_SYN_RECEIVED = TcpState.SYN_RECEIVED
-_ST_TIME_WAIT = TcpState.TIME_WAIT
 
 __all__ = ["StackCore", "StackStats", "ConnectionEntry", "running"]
 
@@ -308,7 +301,7 @@ class StackCore(ListenerMixin, IcmpMixin):
                         deadline = conn.last_now
                     entry = scheduled.get(conn_id)
                     if entry is None or deadline < entry[0] or (
-                        deadline != entry[0] and conn.state is _ST_TIME_WAIT
+                        deadline != entry[0] and conn.state is ST_TIME_WAIT
                     ):
                         self._file(conn, deadline)
                 if owner and conn_id in owner:
@@ -316,13 +309,13 @@ class StackCore(ListenerMixin, IcmpMixin):
                 lot = waiters.get(conn_id)
                 if lot is not None:
                     state = conn.state
-                    if state is _ST_TIME_WAIT or state is _ST_CLOSED or conn.error is not None:
+                    if state is ST_TIME_WAIT or state is ST_CLOSED or conn.error is not None:
                         lot.wake(everyone=True)
-                        if state is _ST_TIME_WAIT:
+                        if state is ST_TIME_WAIT:
                             del waiters[conn_id]  # see _after_change
                     else:
                         lot.wake()
-                if conn.state is _ST_CLOSED:
+                if conn.state is ST_CLOSED:
                     self._forget(conn)
             self._send(packets)
 
@@ -518,7 +511,7 @@ class StackCore(ListenerMixin, IcmpMixin):
         key = (seg.dport, seg.src, seg.sport)
         conn = self._conns.get(key)
         if conn is not None:
-            if conn.state is _ST_SYN_RECEIVED:
+            if conn.state is ST_SYN_RECEIVED:
                 if self._accept_queue_full(conn, seg):
                     # Linux tcp_check_req "listen_overflow": the handshake cannot complete into
                     # a full accept queue; drop the ACK, the peer's retransmission may find room.
@@ -578,7 +571,7 @@ class StackCore(ListenerMixin, IcmpMixin):
         if deadline is not None:
             entry = self._scheduled.get(conn.conn_id)
             if entry is None or deadline < entry[0] or (
-                deadline != entry[0] and conn.state is _ST_TIME_WAIT
+                deadline != entry[0] and conn.state is ST_TIME_WAIT
             ):
                 # An earlier entry replaces the later one (left in the heap, skipped when due).
                 # TIME-WAIT moves the deadline later once (the 2 MSL timer replaces the RTO
@@ -600,14 +593,14 @@ class StackCore(ListenerMixin, IcmpMixin):
         if lot is not None:
             state = conn.state
             lot.wake(
-                everyone=state is _ST_TIME_WAIT or state is _ST_CLOSED or conn.error is not None
+                everyone=state is ST_TIME_WAIT or state is ST_CLOSED or conn.error is not None
             )
-            if state is _ST_TIME_WAIT:
+            if state is ST_TIME_WAIT:
                 # TIME-WAIT lasts 2 MSL with nothing left to wait for: drop the lot rather than
                 # keep it (and its objects for the garbage collector) that long. A task that
                 # waits later gets a new one from wait_changed.
                 del self._waiters[conn.conn_id]
-        if conn.state is _ST_CLOSED:
+        if conn.state is ST_CLOSED:
             self._forget(conn)
 
     def _forget(self, conn: Connection) -> None:
@@ -647,16 +640,16 @@ class StackCore(ListenerMixin, IcmpMixin):
         def unfinished() -> list[Connection]:
             return [
                 c for c in self._conns.values()
-                if c.state not in (_ST_CLOSED, _ST_TIME_WAIT)
+                if c.state not in (ST_CLOSED, ST_TIME_WAIT)
             ]
 
         with trio.move_on_after(grace):
             while pending := unfinished():
                 await self.wait_changed(pending[0])
         for conn in list(self._conns.values()):
-            if conn.state is _ST_TIME_WAIT:
+            if conn.state is ST_TIME_WAIT:
                 self._forget(conn)
-            elif conn.state is not _ST_CLOSED:
+            elif conn.state is not ST_CLOSED:
                 conn.abort()
                 self._mark(conn)
         self.flush()

@@ -227,8 +227,9 @@ def test_guard_in_the_entered_namespace_is_removed_from_outside(ns: Namespace) -
 
 
 CHILD = """
-import sys, trio
+import faulthandler, signal, sys, trio
 from tcpstack.firewall import FirewallGuard, guarded
+faulthandler.register(signal.SIGUSR1)  # a child that hangs shows where (see _wait_or_explain)
 async def main():
     guard = FirewallGuard("fw0", "{addr}", range(40000, 40010), name="child",
                           netns="{ns}")
@@ -251,6 +252,20 @@ def _start_child(space: Namespace) -> subprocess.Popen[str]:
     return child
 
 
+def _wait_or_explain(child: subprocess.Popen[str], timeout: float) -> None:
+    """Wait for ``child`` to end; if it does not, fail with its Python stacks and output."""
+    try:
+        child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGUSR1)  # faulthandler dumps every thread's stack to stderr
+        time.sleep(0.5)
+        child.kill()
+        out, err = child.communicate(timeout=5)
+        raise AssertionError(
+            f"child still running {timeout} s after the signal\nstdout: {out}\nstderr: {err}"
+        ) from None
+
+
 @needs_root
 @pytest.mark.parametrize(("signum", "times"), [(signal.SIGTERM, 1), (signal.SIGTERM, 2),
                                                (signal.SIGINT, 1)])
@@ -265,7 +280,7 @@ def test_signal_removes_the_guard_and_still_ends_the_process(
             if i:
                 time.sleep(0.005)  # after the first is taken, while the guard comes out
             child.send_signal(signum)
-        child.wait(timeout=10)
+        _wait_or_explain(child, 10)
     finally:
         child.kill()
         child.wait(timeout=5)

@@ -28,8 +28,21 @@ from tcpstack.tcp.receiver import ACK_DELAYED, ACK_NOW
 from tcpstack.tcp.sender import SENDING_STATES
 from tcpstack.tcp.seq import unwrap
 from tcpstack.tcp.sockopts import apply_options
-from tcpstack.tcp.state import CaState, TcpState
-from tcpstack.tcp.timers import TimerKind
+from tcpstack.tcp.state import (
+    CA_LOSS,
+    ST_CLOSE_WAIT,
+    ST_CLOSED,
+    ST_CLOSING,
+    ST_ESTABLISHED,
+    ST_FIN_WAIT_1,
+    ST_FIN_WAIT_2,
+    ST_LAST_ACK,
+    ST_LISTEN,
+    ST_SYN_RECEIVED,
+    ST_SYN_SENT,
+    ST_TIME_WAIT,
+)
+from tcpstack.tcp.timers import TK_DELACK, TK_KEEPALIVE, TK_PERSIST, TK_RETRANSMIT
 from tcpstack.wire.segment import (
     ECN_CE,
     ECN_NOT_ECT,
@@ -38,26 +51,6 @@ from tcpstack.wire.segment import (
     TcpFlags,
     TcpSegment,
 )
-
-# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
-# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
-# these are read many times per segment.
-_CA_LOSS = CaState.LOSS
-_ST_CLOSED = TcpState.CLOSED
-_ST_CLOSE_WAIT = TcpState.CLOSE_WAIT
-_ST_CLOSING = TcpState.CLOSING
-_ST_ESTABLISHED = TcpState.ESTABLISHED
-_ST_FIN_WAIT_1 = TcpState.FIN_WAIT_1
-_ST_FIN_WAIT_2 = TcpState.FIN_WAIT_2
-_ST_LAST_ACK = TcpState.LAST_ACK
-_ST_LISTEN = TcpState.LISTEN
-_ST_SYN_RECEIVED = TcpState.SYN_RECEIVED
-_ST_SYN_SENT = TcpState.SYN_SENT
-_ST_TIME_WAIT = TcpState.TIME_WAIT
-_TK_DELACK = TimerKind.DELACK
-_TK_KEEPALIVE = TimerKind.KEEPALIVE
-_TK_PERSIST = TimerKind.PERSIST
-_TK_RETRANSMIT = TimerKind.RETRANSMIT
 
 __all__ = ["Connection"]
 
@@ -111,17 +104,17 @@ class Connection(HandshakeMixin):
         conn.max_window = syn.window
         conn.snd_wl1 = conn.rcv.irs
         conn.snd_wl2 = iss
-        conn._set_state(_ST_SYN_RECEIVED, now)
+        conn._set_state(ST_SYN_RECEIVED, now)
         conn.syn_pending = True
         return conn
 
     def open_active(self, now: float) -> None:
         """Active open (RFC 9293 3.10.1 OPEN call): queue our SYN."""
-        if self.state is not _ST_CLOSED or self.error is not None or self.snd_nxt != self.iss:
+        if self.state is not ST_CLOSED or self.error is not None or self.snd_nxt != self.iss:
             raise RuntimeError(f"open_active() on a connection in state {self.state}")
         self.created = self.last_now = self.last_rx = now
         self.syn_pending = True
-        self._set_state(_ST_SYN_SENT, now)
+        self._set_state(ST_SYN_SENT, now)
 
     # -- public properties --------------------------------------------------------------
 
@@ -131,7 +124,7 @@ class Connection(HandshakeMixin):
 
     @property
     def send_space(self) -> int:
-        if self.shut_wr or self.state in (_ST_CLOSED, _ST_TIME_WAIT):
+        if self.shut_wr or self.state in (ST_CLOSED, ST_TIME_WAIT):
             return 0
         return self.sndbuf.space
 
@@ -188,7 +181,7 @@ class Connection(HandshakeMixin):
         if exc is not None:
             raise exc
         if self.shut_wr or self.state not in (
-            _ST_SYN_SENT, _ST_SYN_RECEIVED, _ST_ESTABLISHED, _ST_CLOSE_WAIT,
+            ST_SYN_SENT, ST_SYN_RECEIVED, ST_ESTABLISHED, ST_CLOSE_WAIT,
         ):
             raise BrokenPipeError(f"connection is not open for sending (state {self.state})")
         n = self.sndbuf.append(data)
@@ -202,7 +195,7 @@ class Connection(HandshakeMixin):
         """Up to ``max_bytes`` of in-order data; b"" when none (``at_eof`` tells EOF apart)."""
         data = self.rcv.read(max_bytes, self.last_now)
         if data and self.state in (
-            _ST_ESTABLISHED, _ST_FIN_WAIT_1, _ST_FIN_WAIT_2
+            ST_ESTABLISHED, ST_FIN_WAIT_1, ST_FIN_WAIT_2
         ) and self.rcv.window_update_worthwhile():
             # RFC 9293 3.8.6.2.2 / Linux tcp_cleanup_rbuf: tell the peer the window reopened.
             self.ack_now = True
@@ -215,15 +208,15 @@ class Connection(HandshakeMixin):
     def shutdown_write(self) -> None:
         """Half-close (RFC 9293 3.10.4 CLOSE): a FIN follows the queued data."""
         st = self.state
-        if self.shut_wr or st in (_ST_CLOSED, _ST_LISTEN):
+        if self.shut_wr or st in (ST_CLOSED, ST_LISTEN):
             self.shut_wr = True
             return
         self.shut_wr = True
         now = self.last_now
-        if st in (_ST_ESTABLISHED, _ST_SYN_RECEIVED):
-            self._set_state(_ST_FIN_WAIT_1, now)
-        elif st is _ST_CLOSE_WAIT:
-            self._set_state(_ST_LAST_ACK, now)
+        if st in (ST_ESTABLISHED, ST_SYN_RECEIVED):
+            self._set_state(ST_FIN_WAIT_1, now)
+        elif st is ST_CLOSE_WAIT:
+            self._set_state(ST_LAST_ACK, now)
         # SYN_SENT: the FIN goes out once established (RFC 9293: "queue ... until ESTABLISHED").
 
     def close(self) -> None:
@@ -231,9 +224,9 @@ class Connection(HandshakeMixin):
         now = self.last_now
         self.app_closed = True
         st = self.state
-        if st in (_ST_CLOSED, _ST_LISTEN):
+        if st in (ST_CLOSED, ST_LISTEN):
             return
-        if st is _ST_SYN_SENT:
+        if st is ST_SYN_SENT:
             self._close(now)
             return
         if self.rcv.readable and self.profile.rst_on_close_with_unread_data:
@@ -242,14 +235,14 @@ class Connection(HandshakeMixin):
             return
         self.rcv.shutdown_read()
         self.shutdown_write()
-        if self.state is _ST_FIN_WAIT_2:
+        if self.state is ST_FIN_WAIT_2:
             self._arm_fin_wait_2(now)
 
     def abort(self) -> None:
         """RFC 9293 3.10.5 ABORT: send a RST if synchronized, drop everything."""
-        if self.state in (_ST_CLOSED, _ST_LISTEN):
+        if self.state in (ST_CLOSED, ST_LISTEN):
             return
-        if self.state is _ST_SYN_SENT:
+        if self.state is ST_SYN_SENT:
             self._close(self.last_now, "connection aborted")
             return
         self._abort_with_rst(self.last_now, "abort", "connection aborted")
@@ -272,7 +265,7 @@ class Connection(HandshakeMixin):
             out.append(self._build_active_rst(now, self.rst_pending))
             self.rst_pending = None
         st = self.state
-        if self.syn_pending and st in (_ST_SYN_SENT, _ST_SYN_RECEIVED):
+        if self.syn_pending and st in (ST_SYN_SENT, ST_SYN_RECEIVED):
             out.append(self._build_syn(now))
         elif st in SENDING_STATES:
             self._transmit(now, out)
@@ -305,11 +298,11 @@ class Connection(HandshakeMixin):
         n = len(seg.payload)
         self.segs_in += -(-n // self.advmss) if n > self.advmss else 1
         st = self.state
-        if st is _ST_CLOSED or st is _ST_LISTEN:
+        if st is ST_CLOSED or st is ST_LISTEN:
             self._reply_closed(seg, now)
             return
         self.last_rx = now
-        if st is _ST_SYN_SENT:
+        if st is ST_SYN_SENT:
             self._on_segment_syn_sent(seg, now)
             return
         self._on_segment_sync(seg, now)
@@ -370,7 +363,7 @@ class Connection(HandshakeMixin):
             self.snd_wnd = seg.window
             self.max_window = max(self.max_window, seg.window)
             self.snd_wl1 = rcv.irs
-            self._set_state(_ST_SYN_RECEIVED, now)
+            self._set_state(ST_SYN_RECEIVED, now)
             self.syn_pending = True
             if seg.payload and self.profile.queue_syn_text:
                 # RFC 9293 3.10.7.3: "queue them for processing after the ESTABLISHED state
@@ -403,7 +396,7 @@ class Connection(HandshakeMixin):
         ts = seg.options.timestamps if self.ts_ok else None
 
         if (
-            self.state is _ST_TIME_WAIT
+            self.state is ST_TIME_WAIT
             and self.profile.bsd_time_wait
             and not flags & _F_SYN
         ):
@@ -411,7 +404,7 @@ class Connection(HandshakeMixin):
             return
 
         if (
-            self.state is _ST_SYN_RECEIVED
+            self.state is ST_SYN_RECEIVED
             and flags & _F_SYN
             and not flags & (_F_ACK | _F_RST)
             and seq == rcv.irs
@@ -435,7 +428,7 @@ class Connection(HandshakeMixin):
             if payload and seq < rcv.rcv_nxt:
                 # A retransmission of data we have: report it (RFC 2883 D-SACK).
                 rcv.note_duplicate(seq, min(seq + len(payload), rcv.rcv_nxt))
-            if self.state is _ST_TIME_WAIT and flags & _F_FIN:
+            if self.state is ST_TIME_WAIT and flags & _F_FIN:
                 self._arm_time_wait(now)  # RFC 9293 3.10.7.4: restart the 2 MSL timeout
             self._dup_ack(now, seg)
             return
@@ -474,7 +467,7 @@ class Connection(HandshakeMixin):
         snd_una = self.snd_una
         d = (seg.ack - snd_una) & MASK  # unwrap(seg.ack, snd_una), inlined
         ack = snd_una + (d - 0x100000000 if d > 0x80000000 else d)
-        if self.state is _ST_SYN_RECEIVED:
+        if self.state is ST_SYN_RECEIVED:
             if not self.snd_una < ack <= self.snd_nxt:
                 self._queue_rst(seg.ack, None, now, "bad ack in SYN-RECEIVED")
                 return
@@ -497,10 +490,10 @@ class Connection(HandshakeMixin):
             return
         if ack >= self.snd_una:
             self._process_ack(seg, flags, seq, ack, now)
-            if self.state is _ST_CLOSED:
+            if self.state is ST_CLOSED:
                 return
             self._after_ack_state(now)
-            if self.state is _ST_CLOSED:
+            if self.state is ST_CLOSED:
                 return
 
         if self.ecn_ok:
@@ -514,13 +507,13 @@ class Connection(HandshakeMixin):
         if fin_seq is None or self.snd_una <= fin_seq:
             return
         st = self.state
-        if st is _ST_FIN_WAIT_1:
-            self._set_state(_ST_FIN_WAIT_2, now)
+        if st is ST_FIN_WAIT_1:
+            self._set_state(ST_FIN_WAIT_2, now)
             if self.app_closed:
                 self._arm_fin_wait_2(now)
-        elif st is _ST_CLOSING:
+        elif st is ST_CLOSING:
             self._enter_time_wait(now)
-        elif st is _ST_LAST_ACK:
+        elif st is ST_LAST_ACK:
             self._close(now)
 
     def _process_ecn(self, seg: TcpSegment, flags: int) -> None:
@@ -538,7 +531,7 @@ class Connection(HandshakeMixin):
     def _process_text(self, seg: TcpSegment, seq: int, now: float) -> None:
         """RFC 9293 3.10.7.4 seventh and eighth steps: segment text and FIN."""
         st = self.state
-        if st not in (_ST_ESTABLISHED, _ST_FIN_WAIT_1, _ST_FIN_WAIT_2):
+        if st not in (ST_ESTABLISHED, ST_FIN_WAIT_1, ST_FIN_WAIT_2):
             return  # text after the peer's FIN is ignored (RFC 9293)
         rcv = self.rcv
         data = seg.payload
@@ -575,8 +568,8 @@ class Connection(HandshakeMixin):
         decision = rcv.on_data(seq, data, fin, now)
         if decision == ACK_NOW:
             self.ack_now = True
-        elif decision == ACK_DELAYED and not self.timers.is_set(_TK_DELACK):
-            self.timers.set(_TK_DELACK, now + max(rcv.ato, 0.001))
+        elif decision == ACK_DELAYED and not self.timers.is_set(TK_DELACK):
+            self.timers.set(TK_DELACK, now + max(rcv.ato, 0.001))
         if rcv.fin_received and not had_fin:
             self._on_fin(now)
 
@@ -585,19 +578,19 @@ class Connection(HandshakeMixin):
         decision = self.rcv.on_data(seq, data, False, now)
         if decision == ACK_NOW:
             self.ack_now = True
-        elif decision == ACK_DELAYED and not self.timers.is_set(_TK_DELACK):
-            self.timers.set(_TK_DELACK, now + max(self.rcv.ato, 0.001))
+        elif decision == ACK_DELAYED and not self.timers.is_set(TK_DELACK):
+            self.timers.set(TK_DELACK, now + max(self.rcv.ato, 0.001))
 
     def _on_fin(self, now: float) -> None:
         st = self.state
-        if st is _ST_ESTABLISHED:
-            self._set_state(_ST_CLOSE_WAIT, now)
-        elif st is _ST_FIN_WAIT_1:
+        if st is ST_ESTABLISHED:
+            self._set_state(ST_CLOSE_WAIT, now)
+        elif st is ST_FIN_WAIT_1:
             if self.fin_seq is not None and self.snd_una > self.fin_seq:
                 self._enter_time_wait(now)
             else:
-                self._set_state(_ST_CLOSING, now)
-        elif st is _ST_FIN_WAIT_2:
+                self._set_state(ST_CLOSING, now)
+        elif st is ST_FIN_WAIT_2:
             self._enter_time_wait(now)
 
     def _time_wait_bsd(self, seg: TcpSegment, flags: int, seq: int, now: float) -> None:
@@ -614,18 +607,18 @@ class Connection(HandshakeMixin):
             self.ack_now = True
 
     def _enter_time_wait(self, now: float) -> None:
-        self._set_state(_ST_TIME_WAIT, now)
+        self._set_state(ST_TIME_WAIT, now)
         # BSD's tcptw keeps no socket buffer: from here RCV.WND is the window last announced.
         self.rcv.bsd_window = False
-        for kind in (_TK_RETRANSMIT, _TK_PERSIST, _TK_KEEPALIVE):
+        for kind in (TK_RETRANSMIT, TK_PERSIST, TK_KEEPALIVE):
             self.timers.cancel(kind)
         self._arm_time_wait(now)
 
     def _on_reset(self, now: float) -> None:
         st = self.state
-        if st is _ST_SYN_RECEIVED:
+        if st is ST_SYN_RECEIVED:
             reason: str | None = "connection refused"
-        elif st in (_ST_CLOSING, _ST_LAST_ACK, _ST_TIME_WAIT):
+        elif st in (ST_CLOSING, ST_LAST_ACK, ST_TIME_WAIT):
             reason = None  # RFC 9293: just close
         else:
             reason = "connection reset by peer"
@@ -668,7 +661,7 @@ class Connection(HandshakeMixin):
                 self.pmtu = mtu
                 self._sync_mss()
                 self._pmtu_retransmit(now)
-        elif msg.type == IcmpType.DEST_UNREACHABLE and self.state is _ST_SYN_SENT and msg.code in (2, 3):
+        elif msg.type == IcmpType.DEST_UNREACHABLE and self.state is ST_SYN_SENT and msg.code in (2, 3):
             # RFC 1122 4.2.3.9: protocol/port unreachable is a hard error for a connect.
             self._close(now, "connection refused")
 
@@ -677,8 +670,8 @@ class Connection(HandshakeMixin):
         at once in pieces of the new MSS. Not a congestion signal: cwnd and ssthresh stay."""
         if not self.state.synchronized or not self.sb.mark_oversized_lost(self.mss_cache):
             return
-        if self.ca_state != _CA_LOSS:
-            self.ca_state = _CA_LOSS
+        if self.ca_state != CA_LOSS:
+            self.ca_state = CA_LOSS
             self.recover = self.snd_nxt
             self.undo_marker = None
             self.tlp_high_seq = None

@@ -17,8 +17,8 @@ from tcpstack.tcp.rate import RateSampler
 from tcpstack.tcp.receiver import Receiver, window_scale_for
 from tcpstack.tcp.rtt import RttEstimator
 from tcpstack.tcp.scoreboard import Scoreboard
-from tcpstack.tcp.state import CaState, TcpState
-from tcpstack.tcp.timers import TimerKind, Timers
+from tcpstack.tcp.state import CA_OPEN, ST_CLOSED, TcpState
+from tcpstack.tcp.timers import TK_DELACK, Timers
 from tcpstack.wire._fast import new_options, new_segment
 from tcpstack.wire.segment import (
     ECN_ECT0,
@@ -29,13 +29,6 @@ from tcpstack.wire.segment import (
     TcpSegment,
     Timestamps,
 )
-
-# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
-# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
-# these are read many times per segment.
-_CA_OPEN = CaState.OPEN
-_ST_CLOSED = TcpState.CLOSED
-_TK_DELACK = TimerKind.DELACK
 
 __all__ = ["ConnectionCore", "SendBuffer", "MASK", "MAX_EVENTS"]
 
@@ -111,7 +104,7 @@ class ConnectionCore:
         for name, port in (("local", self.local_port), ("remote", self.remote_port)):
             if not 0 < port <= 0xFFFF:
                 raise ValueError(f"{name} port must be 1..65535, got {port}")
-        self.state = _ST_CLOSED
+        self.state = ST_CLOSED
         self.error: str | None = None
         self.passive = False
         # Text of a SYN taken in SYN-SENT (simultaneous open), held until ESTABLISHED.
@@ -193,7 +186,7 @@ class ConnectionCore:
             slop=profile.rto_slop,
         )
         self.cc: CongestionControl = self._new_cc(self.mss_cache)
-        self.ca_state = _CA_OPEN
+        self.ca_state = CA_OPEN
         self.recover = iss  # RFC 6582 "recover" / Linux high_seq
         self.prr_delivered = 0  # RFC 6937
         self.prr_out = 0
@@ -347,7 +340,7 @@ class ConnectionCore:
     def _close(self, now: float, error: str | None = None) -> None:
         if error is not None and self.error is None:
             self.error = error
-        self._set_state(_ST_CLOSED, now)
+        self._set_state(ST_CLOSED, now)
         self._on_state_closed(now)
 
     # -- timestamps --------------------------------------------------------------------
@@ -442,8 +435,8 @@ class ConnectionCore:
             self.ack_now = False
             self.last_ack_sent = now
             timers = self.timers
-            if timers._deadlines[_TK_DELACK] is not None:  # Timers.is_set, inlined
-                timers.cancel(_TK_DELACK)
+            if timers._deadlines[TK_DELACK] is not None:  # Timers.is_set, inlined
+                timers.cancel(TK_DELACK)
         return seg
 
     def _sndbuf_expand(self) -> None:

@@ -5,20 +5,11 @@ MSS, and the move to ESTABLISHED. A mixin of
 from __future__ import annotations
 
 from tcpstack.tcp.config import Profile
-from tcpstack.tcp.state import TcpState
+from tcpstack.tcp.state import ST_ESTABLISHED, ST_FIN_WAIT_1, ST_SYN_SENT
 from tcpstack.tcp.timeouts import TimeoutMixin
-from tcpstack.tcp.timers import TimerKind
+from tcpstack.tcp.timers import TK_KEEPALIVE, TK_RETRANSMIT
 from tcpstack.wire._fast import new_options
 from tcpstack.wire.segment import TcpSegment, Timestamps
-
-# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
-# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
-# these are read many times per segment.
-_ST_ESTABLISHED = TcpState.ESTABLISHED
-_ST_FIN_WAIT_1 = TcpState.FIN_WAIT_1
-_ST_SYN_SENT = TcpState.SYN_SENT
-_TK_KEEPALIVE = TimerKind.KEEPALIVE
-_TK_RETRANSMIT = TimerKind.RETRANSMIT
 
 __all__ = ["HandshakeMixin", "TCP_MIN_SND_MSS"]
 
@@ -38,7 +29,7 @@ class HandshakeMixin(TimeoutMixin):
         opts = self.opts
         self.syn_pending = False
         # Plain ints: IntFlag's operators are Python-level calls (~1 us each); _emit takes ints.
-        if self.state is _ST_SYN_SENT:
+        if self.state is ST_SYN_SENT:
             flags = _F_SYN
             sack, ts, wscale = opts.sack, opts.timestamps, opts.window_scaling
             if self._ecn_setup_syn():
@@ -75,7 +66,7 @@ class HandshakeMixin(TimeoutMixin):
         self.snd_nxt = self.iss + 1
         if self.retrans_stamp is None:
             self.retrans_stamp = now
-        self.timers.set(_TK_RETRANSMIT, now + self.rtt.rto)
+        self.timers.set(TK_RETRANSMIT, now + self.rtt.rto)
         return seg
 
     def _ecn_setup_syn(self) -> bool:
@@ -144,7 +135,7 @@ class HandshakeMixin(TimeoutMixin):
 
     def _established(self, now: float) -> None:
         syn_retransmitted = self.retransmits > 0
-        self.timers.cancel(_TK_RETRANSMIT)
+        self.timers.cancel(TK_RETRANSMIT)
         self.retransmits = 0
         self.retrans_stamp = None
         self.rtt.reset_backoff()
@@ -153,9 +144,9 @@ class HandshakeMixin(TimeoutMixin):
             self.cc.cwnd = self.mss_cache
         self.cwnd_usage_seq = self.snd_nxt
         self._use_bsd_window()
-        self._set_state(_ST_ESTABLISHED, now)
+        self._set_state(ST_ESTABLISHED, now)
         if self.shut_wr:
-            self._set_state(_ST_FIN_WAIT_1, now)
+            self._set_state(ST_FIN_WAIT_1, now)
         ka = self.opts.keepalive
         if ka.enabled:
-            self.timers.set(_TK_KEEPALIVE, now + ka.idle)
+            self.timers.set(TK_KEEPALIVE, now + ka.idle)

@@ -31,14 +31,8 @@ from tcpstack.tcp.events import (
 )
 from tcpstack.tcp.scoreboard import AckResult
 from tcpstack.tcp.sender import TCP_TIMEOUT_MIN, SenderMixin
-from tcpstack.tcp.state import CaState
-from tcpstack.tcp.timers import TimerKind
-
-# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
-# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
-# these are read many times per segment.
-_CA_RECOVERY = CaState.RECOVERY
-_TK_REO_TIMEOUT = TimerKind.REO_TIMEOUT
+from tcpstack.tcp.state import CA_RECOVERY
+from tcpstack.tcp.timers import TK_REO_TIMEOUT
 
 __all__ = ["RackMixin", "REO_WND_PERSIST", "MAX_REO_WND_STEPS"]
 
@@ -80,7 +74,7 @@ class RackMixin(SenderMixin):
     def _rack_reo_wnd(self) -> float:
         """Linux tcp_rack_reo_wnd (RFC 8985 6.2 step 4)."""
         if not self.reord_seen:
-            if self.ca_state >= _CA_RECOVERY:
+            if self.ca_state >= CA_RECOVERY:
                 return 0.0
             if self.sb.sacked_segments >= self.reordering:
                 return 0.0
@@ -105,7 +99,7 @@ class RackMixin(SenderMixin):
         return lost, wait > 0
 
     def _arm_reo_timer(self, now: float, wait: float) -> None:
-        self._set_xmit_timer(_TK_REO_TIMEOUT, now + min(wait + TCP_TIMEOUT_MIN, self.rtt.rto))
+        self._set_xmit_timer(TK_REO_TIMEOUT, now + min(wait + TCP_TIMEOUT_MIN, self.rtt.rto))
 
     def _rack_dsack(self) -> None:
         """RFC 8985 6.2 step 4: a D-SACK widens the reordering window, once per round trip."""

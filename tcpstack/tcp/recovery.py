@@ -29,22 +29,9 @@ from tcpstack.tcp.events import (
 from tcpstack.tcp.rack import REO_WND_PERSIST, RackMixin
 from tcpstack.tcp.scoreboard import SentSegment
 from tcpstack.tcp.seq import unwrap
-from tcpstack.tcp.state import CaState
-from tcpstack.tcp.timers import TimerKind
+from tcpstack.tcp.state import CA_CWR, CA_DISORDER, CA_LOSS, CA_OPEN, CA_RECOVERY, CaState
+from tcpstack.tcp.timers import TK_LOSS_PROBE, TK_PERSIST, TK_REO_TIMEOUT, TK_RETRANSMIT
 from tcpstack.wire.segment import TcpFlags, TcpSegment
-
-# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
-# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
-# these are read many times per segment.
-_CA_CWR = CaState.CWR
-_CA_DISORDER = CaState.DISORDER
-_CA_LOSS = CaState.LOSS
-_CA_OPEN = CaState.OPEN
-_CA_RECOVERY = CaState.RECOVERY
-_TK_LOSS_PROBE = TimerKind.LOSS_PROBE
-_TK_PERSIST = TimerKind.PERSIST
-_TK_REO_TIMEOUT = TimerKind.REO_TIMEOUT
-_TK_RETRANSMIT = TimerKind.RETRANSMIT
 
 __all__ = ["RecoveryMixin"]
 
@@ -79,7 +66,7 @@ class RecoveryMixin(RackMixin):
             ack == self.snd_una
             and not sb
             and not flags & _F_ECE
-            and self.ca_state == _CA_OPEN
+            and self.ca_state == CA_OPEN
             and not self.dupacks
             and self.undo_marker is None
             and self.tlp_high_seq is None
@@ -100,7 +87,7 @@ class RecoveryMixin(RackMixin):
             and SYN_FIN_ACK_FAST_PATH
             and sb._head == 0
             and not flags & _F_ECE
-            and self.ca_state == _CA_OPEN
+            and self.ca_state == CA_OPEN
             and not self.dupacks
             and self.undo_marker is None
             and self.tlp_high_seq is None
@@ -186,7 +173,7 @@ class RecoveryMixin(RackMixin):
         if rack:
             if rack_advanced:
                 newly_lost, reo_armed = self._rack_mark_lost(now)
-        elif self.sack_ok and (res.sacked_bytes or acked) and self.ca_state != _CA_LOSS:
+        elif self.sack_ok and (res.sacked_bytes or acked) and self.ca_state != CA_LOSS:
             newly_lost = sb.update_lost(mss)
         if self.tlp_high_seq is not None:
             self._process_tlp_ack(ack, acked, res, now)
@@ -202,7 +189,7 @@ class RecoveryMixin(RackMixin):
                 # is not full (tcp_should_expand_sndbuf), so let the buffer follow cwnd.
                 self._sndbuf_expand()
             if not sb:
-                for kind in (_TK_RETRANSMIT, _TK_LOSS_PROBE, _TK_REO_TIMEOUT):
+                for kind in (TK_RETRANSMIT, TK_LOSS_PROBE, TK_REO_TIMEOUT):
                     self.timers.cancel(kind)
                 self.tlp_pending = False
                 self.retrans_stamp = None
@@ -262,7 +249,7 @@ class RecoveryMixin(RackMixin):
             self._sndbuf_expand()
         timers = self.timers
         deadlines = timers._deadlines
-        for kind in (_TK_RETRANSMIT, _TK_LOSS_PROBE, _TK_REO_TIMEOUT):
+        for kind in (TK_RETRANSMIT, TK_LOSS_PROBE, TK_REO_TIMEOUT):
             if deadlines[kind] is not None:
                 timers.cancel(kind)
         self.tlp_pending = False
@@ -277,7 +264,7 @@ class RecoveryMixin(RackMixin):
         ut = self.opts.user_timeout
         if ut is not None and self.retrans_stamp is not None:
             when = min(when, max(self.retrans_stamp + ut, now))
-        self._set_xmit_timer(_TK_RETRANSMIT, when)
+        self._set_xmit_timer(TK_RETRANSMIT, when)
 
     def _update_window(
         self, seg: TcpSegment, seq: int, ack: int, now: float, prior_una: int
@@ -306,8 +293,8 @@ class RecoveryMixin(RackMixin):
         elif self.peer_zero_window:
             self.peer_zero_window = False
             self._event(ZeroWindowCleared(now, self.conn_id))
-        if wnd > 0 and self.timers.is_set(_TK_PERSIST):
-            self.timers.cancel(_TK_PERSIST)
+        if wnd > 0 and self.timers.is_set(TK_PERSIST):
+            self.timers.cancel(TK_PERSIST)
             self.persist_backoff = 0
             self.probes_out = 0
         return changed
@@ -323,13 +310,13 @@ class RecoveryMixin(RackMixin):
         state = self.ca_state
         ack = self.snd_una
 
-        if state == _CA_LOSS:
+        if state == CA_LOSS:
             if ack >= self.recover and acked > 0:
                 if not self.pmtu_loss:
                     self.total_rto_time += now - self.loss_rto_start
                 self.pmtu_loss = False
-                self.ca_state = _CA_OPEN
-                state = _CA_OPEN
+                self.ca_state = CA_OPEN
+                state = CA_OPEN
             elif acked > 0:
                 self.cc.on_ack(delivered, self._in_flight(), now, rtt=rtt, cwnd_limited=True)
                 return
@@ -342,27 +329,27 @@ class RecoveryMixin(RackMixin):
             self._undo_dsack(now)
             state = self.ca_state
 
-        if self.ecn_ok and seg.flags & TcpFlags.ECE and state in (_CA_OPEN, _CA_DISORDER):
+        if self.ecn_ok and seg.flags & TcpFlags.ECE and state in (CA_OPEN, CA_DISORDER):
             # RFC 3168 6.1.2: react to an ECN echo once per window, like a loss but without
             # retransmitting (Linux tcp_enter_cwr: PRR reduction in the CWR state).
-            self._start_reduction(prior_in_flight, now, _CA_CWR, "ecn")
+            self._start_reduction(prior_in_flight, now, CA_CWR, "ecn")
             self.cwr_pending = True
-            state = _CA_CWR
+            state = CA_CWR
 
-        if state in (_CA_RECOVERY, _CA_CWR):
+        if state in (CA_RECOVERY, CA_CWR):
             if ack >= self.recover and acked > 0 and (
-                state == _CA_CWR or ack > self.recover or self.sack_ok or not sb
+                state == CA_CWR or ack > self.recover or self.sack_ok or not sb
             ):
                 self._end_reduction(now)
                 state = self.ca_state
             else:
-                if state == _CA_RECOVERY and not self.sack_ok:
+                if state == CA_RECOVERY and not self.sack_ok:
                     if acked > 0:
                         # RFC 6582 partial ACK: the next hole is lost; dupacks consumed.
                         self.dupacks = max(self.dupacks - (acked + mss - 1) // mss, 0)
                     elif is_dupack:
                         self.dupacks += 1
-                if state == _CA_RECOVERY and newly_lost:
+                if state == CA_RECOVERY and newly_lost:
                     self._event(LossDetected(now, self.conn_id, newly_lost, newly_lost > 1))
                     self.lost_total += newly_lost
                 self._prr(delivered, acked > 0, newly_lost)
@@ -376,7 +363,7 @@ class RecoveryMixin(RackMixin):
                 self.dupacks = 0
             if sb.lost_segments > 0:
                 self.lost_total += newly_lost
-                self._start_reduction(prior_in_flight, now, _CA_RECOVERY, "sack")
+                self._start_reduction(prior_in_flight, now, CA_RECOVERY, "sack")
                 self._event(LossDetected(now, self.conn_id, max(newly_lost, 1), newly_lost > 1))
                 self._prr(delivered, acked > 0, newly_lost)
                 return
@@ -385,7 +372,7 @@ class RecoveryMixin(RackMixin):
                 self.dupacks += 1
                 if self.dupacks >= self.profile.dup_ack_threshold:
                     self.lost_total += 1
-                    self._start_reduction(prior_in_flight, now, _CA_RECOVERY, "dupacks")
+                    self._start_reduction(prior_in_flight, now, CA_RECOVERY, "dupacks")
                     self._event(LossDetected(now, self.conn_id, 1, False))
                     self._prr(max(delivered, mss), False, 1)
                     return
@@ -396,7 +383,7 @@ class RecoveryMixin(RackMixin):
                 delivered, self._in_flight(), now, rtt=rtt, cwnd_limited=self._is_cwnd_limited()
             )
         disorder = self.dupacks > 0 or (self.sack_ok and sb.sacked_segments > 0)
-        self.ca_state = _CA_DISORDER if disorder else _CA_OPEN
+        self.ca_state = CA_DISORDER if disorder else CA_OPEN
 
     def _undo_dsack(self, now: float) -> None:
         cc = self.cc
@@ -405,9 +392,9 @@ class RecoveryMixin(RackMixin):
         self.undos += 1
         self.rack_reo_wnd_persist = min(self.rack_reo_wnd_persist + 1, REO_WND_PERSIST)
         self._event(UndoneReduction(now, self.conn_id, cc.cwnd, cc.ssthresh, "dsack"))
-        if self.ca_state == _CA_RECOVERY:
+        if self.ca_state == CA_RECOVERY:
             # Linux tcp_try_to_open: leave recovery; new losses start a new episode.
-            self.ca_state = _CA_DISORDER if self.sb.sacked_segments else _CA_OPEN
+            self.ca_state = CA_DISORDER if self.sb.sacked_segments else CA_OPEN
             self.dupacks = 0
             self._event(RecoveryExited(now, self.conn_id, cc.cwnd, cc.ssthresh))
 
@@ -418,8 +405,8 @@ class RecoveryMixin(RackMixin):
         if lost:
             self.lost_total += lost
             self._event(LossDetected(now, self.conn_id, lost, lost > 1))
-            if self.ca_state not in (_CA_RECOVERY, _CA_LOSS):
-                self._start_reduction(prior_in_flight, now, _CA_RECOVERY, "rack")
+            if self.ca_state not in (CA_RECOVERY, CA_LOSS):
+                self._start_reduction(prior_in_flight, now, CA_RECOVERY, "rack")
                 self._prr(self.mss_cache, False, lost)
         if wait > 0:
             self._arm_reo_timer(now, wait)
@@ -441,7 +428,7 @@ class RecoveryMixin(RackMixin):
         self.prior_cwnd = cc.cwnd
         self.prior_ssthresh = cc.ssthresh
         # Linux tcp_init_undo for a recovery; a CWR (ECN) reduction is never undone.
-        self.undo_marker = self.snd_una if state == _CA_RECOVERY else None
+        self.undo_marker = self.snd_una if state == CA_RECOVERY else None
         self.undo_retrans = self.sb.retrans_out or -1
         self.tlp_high_seq = None
         self.recover = self.snd_nxt
@@ -455,9 +442,9 @@ class RecoveryMixin(RackMixin):
     def _end_reduction(self, now: float) -> None:
         cc = self.cc
         cc.on_recovery_exit(now)
-        if self.ca_state == _CA_RECOVERY and self.profile.rack_tlp:
+        if self.ca_state == CA_RECOVERY and self.profile.rack_tlp:
             self._rack_recovery_done()
-        self.ca_state = _CA_OPEN
+        self.ca_state = CA_OPEN
         self.dupacks = 0
         self._event(RecoveryExited(now, self.conn_id, cc.cwnd, cc.ssthresh))
 
@@ -503,7 +490,7 @@ class RecoveryMixin(RackMixin):
         self.total_rto += 1
         self.retransmits += 1
         cc = self.cc
-        if self.ca_state != _CA_LOSS or self.pmtu_loss:
+        if self.ca_state != CA_LOSS or self.pmtu_loss:
             self.pmtu_loss = False
             self.total_rto_recoveries += 1
             self.loss_rto_start = now
@@ -523,7 +510,7 @@ class RecoveryMixin(RackMixin):
         if newly > 0:
             self.lost_total += newly
             self._event(LossDetected(now, self.conn_id, newly, newly > 1))
-        self.ca_state = _CA_LOSS
+        self.ca_state = CA_LOSS
         self.recover = self.snd_nxt
         self.dupacks = 0
         self.undo_marker = None  # no undo of an RTO episode (F-RTO/Eifel are not implemented)

@@ -12,26 +12,19 @@ from __future__ import annotations
 
 from tcpstack.tcp.core import TCP_MSS_DEFAULT, TS_OPTION_LEN, ConnectionCore
 from tcpstack.tcp.events import LossProbeSent, RetransmitKind, SegmentRetransmitted
-from tcpstack.tcp.state import CaState, TcpState
-from tcpstack.tcp.timers import TimerKind
+from tcpstack.tcp.state import (
+    CA_CWR,
+    CA_LOSS,
+    CA_OPEN,
+    CA_RECOVERY,
+    ST_CLOSE_WAIT,
+    ST_CLOSING,
+    ST_ESTABLISHED,
+    ST_FIN_WAIT_1,
+    ST_LAST_ACK,
+)
+from tcpstack.tcp.timers import TK_LOSS_PROBE, TK_PERSIST, TK_REO_TIMEOUT, TK_RETRANSMIT, TimerKind
 from tcpstack.wire.segment import TcpFlags, TcpOptions, TcpSegment
-
-# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
-# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
-# these are read many times per segment.
-_CA_CWR = CaState.CWR
-_CA_LOSS = CaState.LOSS
-_CA_OPEN = CaState.OPEN
-_CA_RECOVERY = CaState.RECOVERY
-_ST_CLOSE_WAIT = TcpState.CLOSE_WAIT
-_ST_CLOSING = TcpState.CLOSING
-_ST_ESTABLISHED = TcpState.ESTABLISHED
-_ST_FIN_WAIT_1 = TcpState.FIN_WAIT_1
-_ST_LAST_ACK = TcpState.LAST_ACK
-_TK_LOSS_PROBE = TimerKind.LOSS_PROBE
-_TK_PERSIST = TimerKind.PERSIST
-_TK_REO_TIMEOUT = TimerKind.REO_TIMEOUT
-_TK_RETRANSMIT = TimerKind.RETRANSMIT
 
 __all__ = ["SenderMixin"]
 
@@ -47,12 +40,12 @@ TCP_MIN_TSO_SEGS = 2  # Linux sysctl_tcp_min_tso_segs: a super-segment worth bui
 
 TCP_TIMEOUT_MIN = 0.002  # Linux TCP_TIMEOUT_MIN: 2 jiffies
 TCP_TIMEOUT_INIT = 1.0  # PTO when there is no RTT sample yet (RFC 8985 7.2)
-_XMIT_TIMERS = (_TK_RETRANSMIT, _TK_LOSS_PROBE, _TK_REO_TIMEOUT)
+_XMIT_TIMERS = (TK_RETRANSMIT, TK_LOSS_PROBE, TK_REO_TIMEOUT)
 
 # States in which our side may still send data or retransmit (RFC 9293 3.10.4 / 3.10.7).
 SENDING_STATES = frozenset({
-    _ST_ESTABLISHED, _ST_CLOSE_WAIT, _ST_FIN_WAIT_1, _ST_CLOSING,
-    _ST_LAST_ACK,
+    ST_ESTABLISHED, ST_CLOSE_WAIT, ST_FIN_WAIT_1, ST_CLOSING,
+    ST_LAST_ACK,
 })
 
 
@@ -77,7 +70,7 @@ class SenderMixin(ConnectionCore):
         if self.dupacks and flight:
             segs = sb.packets_out
             flight -= min(self.dupacks, max(segs - 1, 0)) * self.mss_cache
-        if self.ca_state == _CA_RECOVERY:
+        if self.ca_state == CA_RECOVERY:
             head = sb.first()
             if head is not None and not head.lost:
                 flight -= head.end - head.start
@@ -136,7 +129,7 @@ class SenderMixin(ConnectionCore):
         in_flight = self._in_flight()
         ca_state = self.ca_state
         if (
-            ca_state < _CA_RECOVERY
+            ca_state < CA_RECOVERY
             and not self.tlp_pending
             and self.sndbuf.end <= self.snd_nxt
             and (not self.shut_wr or self.fin_seq is not None)
@@ -149,7 +142,7 @@ class SenderMixin(ConnectionCore):
         mss = self._current_mss()
 
         # 1. Retransmissions: lost segments (SACK recovery, RTO recovery) or the NewReno head.
-        if ca_state >= _CA_RECOVERY:
+        if ca_state >= CA_RECOVERY:
             in_flight = self._retransmit_lost(now, out, in_flight)
 
         # 2. New data and FIN. A tail loss probe may send one new segment whatever cwnd and
@@ -165,7 +158,7 @@ class SenderMixin(ConnectionCore):
         half_max_window = self.max_window >> 1
         nodelay = self.opts.nodelay
         data_tos = self._data_tos()
-        in_recovery = self.ca_state == _CA_RECOVERY
+        in_recovery = self.ca_state == CA_RECOVERY
         rate = self.rate
         emit = self._emit
         on_sent = sb.on_sent
@@ -295,7 +288,7 @@ class SenderMixin(ConnectionCore):
         # 3. RFC 6675 rule 3: with nothing new to send, retransmit holes below the highest SACK
         # (not with RACK: Linux retransmits only what is marked lost).
         if (
-            self.ca_state == _CA_RECOVERY and self.sack_ok and not cwnd_blocked
+            self.ca_state == CA_RECOVERY and self.sack_ok and not cwnd_blocked
             and not self.profile.rack_tlp
         ):
             in_flight = self._retransmit_lost(now, out, in_flight, rule3=True)
@@ -339,8 +332,8 @@ class SenderMixin(ConnectionCore):
         if (
             rwnd_blocked
             and not busy
-            and not self.timers.is_set(_TK_PERSIST)
-            and not self.timers.is_set(_TK_RETRANSMIT)
+            and not self.timers.is_set(TK_PERSIST)
+            and not self.timers.is_set(TK_RETRANSMIT)
         ):
             self._arm_persist(now)
 
@@ -351,10 +344,10 @@ class SenderMixin(ConnectionCore):
         cwnd = self.cc.cwnd
         mss = self._current_mss()
         kind = (
-            RetransmitKind.RTO if self.ca_state == _CA_LOSS
+            RetransmitKind.RTO if self.ca_state == CA_LOSS
             else RetransmitKind.SACK_RECOVERY if self.sack_ok else RetransmitKind.FAST
         )
-        if not self.sack_ok and self.ca_state == _CA_RECOVERY:
+        if not self.sack_ok and self.ca_state == CA_RECOVERY:
             # NewReno (RFC 6582): retransmit the first unacknowledged segment once per
             # (partial) ACK that asks for it.
             head = sb.first()
@@ -402,12 +395,12 @@ class SenderMixin(ConnectionCore):
             self.data_segs_out += 1
             self.bytes_sent += n
         self.undo_retrans = max(self.undo_retrans, 0) + 1
-        if self.ca_state == _CA_RECOVERY:
+        if self.ca_state == CA_RECOVERY:
             self.prr_out += length
         if self.retrans_stamp is None:
             self.retrans_stamp = now
-        if not self.timers.is_set(_TK_RETRANSMIT) and not self.timers.is_set(
-            _TK_REO_TIMEOUT
+        if not self.timers.is_set(TK_RETRANSMIT) and not self.timers.is_set(
+            TK_REO_TIMEOUT
         ):
             self._arm_rto(now)
         self._event(SegmentRetransmitted(now, self.conn_id, kind, start & MASK, end & MASK))
@@ -442,13 +435,13 @@ class SenderMixin(ConnectionCore):
         ut = self.opts.user_timeout
         if ut is not None and self.retrans_stamp is not None:
             when = min(when, max(self.retrans_stamp + ut, now))
-        self._set_xmit_timer(_TK_RETRANSMIT, when)
+        self._set_xmit_timer(TK_RETRANSMIT, when)
 
     def _arm_persist(self, now: float) -> None:
         # RFC 9293 3.8.6.1 / Linux tcp_probe0_when: RTO with exponential backoff, capped.
         interval = min(self.rtt.base_rto * (1 << min(self.persist_backoff, 24)),
                        self.profile.max_rto)
-        self.timers.set(_TK_PERSIST, now + interval)
+        self.timers.set(TK_PERSIST, now + interval)
 
     def _send_probe(self, now: float) -> None:
         """Zero-window / keep-alive probe: an ACK with an old sequence number, which forces the
@@ -460,8 +453,8 @@ class SenderMixin(ConnectionCore):
     def _xmit_timer_pending(self) -> bool:
         t = self.timers
         return (
-            t.is_set(_TK_RETRANSMIT) or t.is_set(_TK_LOSS_PROBE)
-            or t.is_set(_TK_REO_TIMEOUT)
+            t.is_set(TK_RETRANSMIT) or t.is_set(TK_LOSS_PROBE)
+            or t.is_set(TK_REO_TIMEOUT)
         )
 
     def _set_xmit_timer(self, kind: TimerKind, when: float) -> None:
@@ -481,7 +474,7 @@ class SenderMixin(ConnectionCore):
         if (
             not self.sack_ok
             or not sb
-            or (ca != _CA_OPEN and ca != _CA_CWR)
+            or (ca != CA_OPEN and ca != CA_CWR)
             or not self.profile.rack_tlp
         ):
             return False
@@ -503,11 +496,11 @@ class SenderMixin(ConnectionCore):
             if 0 < rto_delta < pto:
                 pto = rto_delta
         timers = self.timers
-        if timers.is_set(_TK_RETRANSMIT):
-            timers.cancel(_TK_RETRANSMIT)
-        if timers.is_set(_TK_REO_TIMEOUT):
-            timers.cancel(_TK_REO_TIMEOUT)
-        timers.set(_TK_LOSS_PROBE, now + pto)
+        if timers.is_set(TK_RETRANSMIT):
+            timers.cancel(TK_RETRANSMIT)
+        if timers.is_set(TK_REO_TIMEOUT):
+            timers.cancel(TK_REO_TIMEOUT)
+        timers.set(TK_LOSS_PROBE, now + pto)
         return True
 
     def _on_loss_probe_timer(self, now: float) -> None:
@@ -518,7 +511,7 @@ class SenderMixin(ConnectionCore):
         if (
             self.tlp_high_seq is not None  # at most one probe outstanding (RFC 8985 7.3)
             or self.state not in SENDING_STATES
-            or self.ca_state in (_CA_RECOVERY, _CA_LOSS)
+            or self.ca_state in (CA_RECOVERY, CA_LOSS)
         ):
             head = self.sb.first()
             self._arm_rto(now, since=head.last_sent if head is not None else None)

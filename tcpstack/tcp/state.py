@@ -10,7 +10,27 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["TcpState", "CaState", "TcpiOption"]
+__all__ = [
+    "TcpState",
+    "CaState",
+    "TcpiOption",
+    "ST_CLOSED",
+    "ST_LISTEN",
+    "ST_SYN_SENT",
+    "ST_SYN_RECEIVED",
+    "ST_ESTABLISHED",
+    "ST_FIN_WAIT_1",
+    "ST_FIN_WAIT_2",
+    "ST_CLOSE_WAIT",
+    "ST_CLOSING",
+    "ST_LAST_ACK",
+    "ST_TIME_WAIT",
+    "CA_OPEN",
+    "CA_DISORDER",
+    "CA_CWR",
+    "CA_RECOVERY",
+    "CA_LOSS",
+]
 
 
 class TcpState(enum.Enum):
@@ -85,6 +105,20 @@ _SYNCHRONIZED = frozenset(
 )
 
 
+# The members as plain module globals, for per-segment code: on CPython 3.11 ``TcpState.X`` (any
+# Enum class attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load.
+ST_CLOSED = TcpState.CLOSED
+ST_LISTEN = TcpState.LISTEN
+ST_SYN_SENT = TcpState.SYN_SENT
+ST_SYN_RECEIVED = TcpState.SYN_RECEIVED
+ST_ESTABLISHED = TcpState.ESTABLISHED
+ST_FIN_WAIT_1 = TcpState.FIN_WAIT_1
+ST_FIN_WAIT_2 = TcpState.FIN_WAIT_2
+ST_CLOSE_WAIT = TcpState.CLOSE_WAIT
+ST_CLOSING = TcpState.CLOSING
+ST_LAST_ACK = TcpState.LAST_ACK
+ST_TIME_WAIT = TcpState.TIME_WAIT
+
 class CaState(enum.IntEnum):
     """Linux ``enum tcp_ca_state`` (include/net/tcp.h), reported as ``tcpi_ca_state``.
 
@@ -98,6 +132,13 @@ class CaState(enum.IntEnum):
     RECOVERY = 3
     LOSS = 4
 
+
+# As for TcpState above: the members as plain module globals.
+CA_OPEN = CaState.OPEN
+CA_DISORDER = CaState.DISORDER
+CA_CWR = CaState.CWR
+CA_RECOVERY = CaState.RECOVERY
+CA_LOSS = CaState.LOSS
 
 class TcpiOption(enum.IntFlag):
     """The ``tcpi_options`` bits (``TCPI_OPT_*`` in include/uapi/linux/tcp.h)."""

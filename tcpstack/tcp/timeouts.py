@@ -7,25 +7,23 @@ from __future__ import annotations
 from tcpstack.tcp.events import KeepaliveTimeout, ResetSent, RtoFired
 from tcpstack.tcp.recovery import RecoveryMixin
 from tcpstack.tcp.sender import SENDING_STATES
-from tcpstack.tcp.state import TcpState
-from tcpstack.tcp.timers import TimerKind
+from tcpstack.tcp.state import (
+    ST_CLOSED,
+    ST_FIN_WAIT_2,
+    ST_SYN_RECEIVED,
+    ST_SYN_SENT,
+    ST_TIME_WAIT,
+)
+from tcpstack.tcp.timers import (
+    TK_DELACK,
+    TK_KEEPALIVE,
+    TK_LOSS_PROBE,
+    TK_PERSIST,
+    TK_REO_TIMEOUT,
+    TK_RETRANSMIT,
+    TK_TIME_WAIT,
+)
 from tcpstack.wire.segment import TcpFlags, TcpOptions, TcpSegment, Timestamps
-
-# Enum members as module constants: on CPython 3.11 every ``TcpState.X`` (any Enum class
-# attribute) goes through EnumType.__getattr__'s slow lookup hook, ~10x a global load, and
-# these are read many times per segment.
-_ST_CLOSED = TcpState.CLOSED
-_ST_FIN_WAIT_2 = TcpState.FIN_WAIT_2
-_ST_SYN_RECEIVED = TcpState.SYN_RECEIVED
-_ST_SYN_SENT = TcpState.SYN_SENT
-_ST_TIME_WAIT = TcpState.TIME_WAIT
-_TK_DELACK = TimerKind.DELACK
-_TK_KEEPALIVE = TimerKind.KEEPALIVE
-_TK_LOSS_PROBE = TimerKind.LOSS_PROBE
-_TK_PERSIST = TimerKind.PERSIST
-_TK_REO_TIMEOUT = TimerKind.REO_TIMEOUT
-_TK_RETRANSMIT = TimerKind.RETRANSMIT
-_TK_TIME_WAIT = TimerKind.TIME_WAIT
 
 __all__ = ["TimeoutMixin"]
 
@@ -39,11 +37,11 @@ class TimeoutMixin(RecoveryMixin):
     __slots__ = ()  # the state lives in ConnectionCore's slots
 
     def _arm_time_wait(self, now: float) -> None:
-        self.timers.set(_TK_TIME_WAIT, now + self.opts.time_wait)
+        self.timers.set(TK_TIME_WAIT, now + self.opts.time_wait)
 
     def _arm_fin_wait_2(self, now: float) -> None:
         # Linux tcp_fin_timeout: an orphaned FIN-WAIT-2 does not wait forever for the peer.
-        self.timers.set(_TK_TIME_WAIT, now + self.opts.time_wait)
+        self.timers.set(TK_TIME_WAIT, now + self.opts.time_wait)
 
     def _abort_with_rst(self, now: float, reason: str, error: str | None = None) -> None:
         # The RST is built by the next poll_transmit(now), so that its timestamp is current
@@ -69,32 +67,32 @@ class TimeoutMixin(RecoveryMixin):
         if now > self.last_now:
             self.last_now = now
         for kind in self.timers.pop_due(now):
-            if self.state is _ST_CLOSED:
+            if self.state is ST_CLOSED:
                 return
-            if kind is _TK_RETRANSMIT:
-                if self.state in (_ST_SYN_SENT, _ST_SYN_RECEIVED):
+            if kind is TK_RETRANSMIT:
+                if self.state in (ST_SYN_SENT, ST_SYN_RECEIVED):
                     self._on_syn_timeout(now)
                 else:
                     self._on_rto(now)
-            elif kind is _TK_DELACK:
+            elif kind is TK_DELACK:
                 if self.state.synchronized and self.rcv.ack_pending:
                     self.ack_now = True
-            elif kind is _TK_PERSIST:
+            elif kind is TK_PERSIST:
                 self._on_persist(now)
-            elif kind is _TK_KEEPALIVE:
+            elif kind is TK_KEEPALIVE:
                 self._on_keepalive(now)
-            elif kind is _TK_LOSS_PROBE:
+            elif kind is TK_LOSS_PROBE:
                 self._on_loss_probe_timer(now)
-            elif kind is _TK_REO_TIMEOUT:
+            elif kind is TK_REO_TIMEOUT:
                 if self.state in SENDING_STATES and self.sb:
                     self._on_reo_timeout(now)
-            elif kind is _TK_TIME_WAIT:
-                if self.state in (_ST_TIME_WAIT, _ST_FIN_WAIT_2):
+            elif kind is TK_TIME_WAIT:
+                if self.state in (ST_TIME_WAIT, ST_FIN_WAIT_2):
                     self._close(now)
 
     def _on_syn_timeout(self, now: float) -> None:
         limit = (
-            self.opts.syn_retries if self.state is _ST_SYN_SENT
+            self.opts.syn_retries if self.state is ST_SYN_SENT
             else self.profile.synack_retries
         )
         ct = self.profile.connect_timeout
@@ -106,7 +104,7 @@ class TimeoutMixin(RecoveryMixin):
         self.rtt.on_timeout()
         self._event(RtoFired(now, self.conn_id, self.rtt.backoff, self.rtt.rto))
         self.syn_pending = True
-        self.timers.set(_TK_RETRANSMIT, now + self.rtt.rto)
+        self.timers.set(TK_RETRANSMIT, now + self.rtt.rto)
 
     def _on_persist(self, now: float) -> None:
         if self.state not in SENDING_STATES or self.sb or self.unsent_bytes == 0:
@@ -134,15 +132,15 @@ class TimeoutMixin(RecoveryMixin):
 
     def _on_keepalive(self, now: float) -> None:
         ka = self.opts.keepalive
-        if not ka.enabled or not self.state.synchronized or self.state is _ST_TIME_WAIT:
+        if not ka.enabled or not self.state.synchronized or self.state is ST_TIME_WAIT:
             return
         if self.sb or self.unsent_bytes:
-            self.timers.set(_TK_KEEPALIVE, now + ka.idle)
+            self.timers.set(TK_KEEPALIVE, now + ka.idle)
             return
         idle = now - self.last_rx
         wait = ka.interval if self.probes_out else ka.idle
         if idle < wait:
-            self.timers.set(_TK_KEEPALIVE, self.last_rx + wait)
+            self.timers.set(TK_KEEPALIVE, self.last_rx + wait)
             return
         if self.probes_out >= ka.count:
             self._event(KeepaliveTimeout(now, self.conn_id, self.probes_out))
@@ -150,4 +148,4 @@ class TimeoutMixin(RecoveryMixin):
             return
         self.probes_out += 1
         self._send_probe(now)
-        self.timers.set(_TK_KEEPALIVE, now + ka.interval)
+        self.timers.set(TK_KEEPALIVE, now + ka.interval)

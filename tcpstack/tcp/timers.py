@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["TimerKind", "Timers"]
+__all__ = ["TimerKind", "Timers", "TK_RETRANSMIT", "TK_DELACK", "TK_PERSIST", "TK_KEEPALIVE", "TK_TIME_WAIT", "TK_LOSS_PROBE", "TK_REO_TIMEOUT"]
 
 
 class TimerKind(enum.IntEnum):
@@ -24,6 +24,15 @@ class TimerKind(enum.IntEnum):
     LOSS_PROBE = 5  # RFC 8985 tail loss probe, PTO (ICSK_TIME_LOSS_PROBE)
     REO_TIMEOUT = 6  # RFC 8985 RACK reordering timer (ICSK_TIME_REO_TIMEOUT)
 
+
+# The members as plain module globals, for per-segment code (see tcpstack.tcp.state).
+TK_RETRANSMIT = TimerKind.RETRANSMIT
+TK_DELACK = TimerKind.DELACK
+TK_PERSIST = TimerKind.PERSIST
+TK_KEEPALIVE = TimerKind.KEEPALIVE
+TK_TIME_WAIT = TimerKind.TIME_WAIT
+TK_LOSS_PROBE = TimerKind.LOSS_PROBE
+TK_REO_TIMEOUT = TimerKind.REO_TIMEOUT
 
 _KINDS = tuple(TimerKind)
 
