@@ -239,6 +239,9 @@ class Sender:
                 del self._pending[entry.msg_id]
                 expired.append(entry)
             elif entry.later_acks >= self.dupthresh and entry.path is not None:
+                # Consumed here: if the caller cannot resend it (no route just now), the timer
+                # still covers it, and next_deadline does not keep reporting it as due.
+                entry.later_acks = 0
                 lost.append(entry)
             elif self._timer_deadline(entry) <= now:
                 timed_out.append(entry)

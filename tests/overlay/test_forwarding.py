@@ -191,6 +191,8 @@ def test_a_message_passed_by_dupthresh_later_acks_on_its_path_is_lost_and_resent
     assert s.next_deadline() == 0.0  # due at once, long before its RTO
     timed_out, lost, _ = s.due(0.12)
     assert timed_out == [] and lost == [first] and not s.lost_found
+    # Reported once: if it cannot be resent now (no route), only its timer is left.
+    assert s.due(0.13) == ([], [], []) and s.next_deadline() == pytest.approx(1.12)
     s.sent_again(first, path, 0.12, backoff=False)
     assert first.rto == 1.0 and first.later_acks == 0
     assert s.due(0.5) == ([], [], [])
