@@ -230,6 +230,9 @@ CHILD = """
 import faulthandler, signal, sys, trio
 from tcpstack.firewall import FirewallGuard, guarded
 faulthandler.register(signal.SIGUSR1)  # a child that hangs shows where (see _wait_or_explain)
+# As a program started from a terminal: a shell without job control starts background commands
+# with SIGINT ignored, and the child would inherit that from pytest.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 async def main():
     guard = FirewallGuard("fw0", "{addr}", range(40000, 40010), name="child",
                           netns="{ns}")
