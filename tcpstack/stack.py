@@ -7,8 +7,9 @@ Everything that makes a connection emit segments (arrivals, timers, application 
 batch. The engines themselves (:mod:`tcpstack.tcp`) never see trio.
 
 Passive opens (bounded SYN and accept queues, SYN cookies) live in :mod:`tcpstack.listeners`,
-ICMP error handling (RFC 1122, RFC 5927) in :mod:`tcpstack.icmp_errors`; both are mixins of
-:class:`StackCore`.
+ICMP error handling (RFC 1122, RFC 5927) in :mod:`tcpstack.icmp_errors`, what the stack reports
+about itself (connections, activity accounting) in :mod:`tcpstack.observe`; all three are mixins
+of :class:`StackCore`.
 
 This is the only module that owns tasks; :mod:`tcpstack.api` wraps connections as trio streams.
 """
@@ -28,15 +29,15 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from tcpstack.activity import Activity, ActivityMeter, ActivityReport
+from tcpstack.activity import Activity, ActivityMeter
 from tcpstack.icmp_errors import IcmpMixin
 from tcpstack.isn import IsnGenerator, SynCookies
 from tcpstack.links.base import Link
 from tcpstack.listeners import COOKIE_WINDOW, ConnKey, ListenerMixin, ListenState
+from tcpstack.observe import ConnectionEntry, ObserveMixin
 from tcpstack.tcp import Connection
 from tcpstack.tcp.config import ConnectionOptions, SynFinPolicy, get_profile
-from tcpstack.tcp.info import TCPInfo
-from tcpstack.tcp.state import ST_CLOSED, ST_SYN_RECEIVED, ST_TIME_WAIT, TcpState
+from tcpstack.tcp.state import ST_CLOSED, ST_SYN_RECEIVED, ST_TIME_WAIT
 from tcpstack.waiters import Ready, Waiters
 from tcpstack.wire import ChecksumError, MalformedPacket, build_packet, parse_packet
 from tcpstack.wire.segment import (
@@ -88,17 +89,7 @@ class StackStats:
     synfin_dropped: int = 0  # SYN|FIN at a listener, dropped as the profile says
 
 
-@attrs.frozen(slots=True)
-class ConnectionEntry:
-    """One row of :meth:`StackCore.connections`: what ``ss -ti`` prints for a kernel socket."""
-
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    state: TcpState
-    info: TCPInfo
-
-
-class StackCore(ListenerMixin, IcmpMixin):
+class StackCore(ListenerMixin, IcmpMixin, ObserveMixin):
     """The runtime of a user-level TCP/IP stack bound to one link and one IPv4 address.
 
     :class:`tcpstack.api.Stack` adds the application-facing calls; create one with
@@ -158,34 +149,6 @@ class StackCore(ListenerMixin, IcmpMixin):
         self._last_error_log = float("-inf")
 
     # ------------------------------------------------------------------ public API
-
-    def connections(self) -> list[ConnectionEntry]:
-        """Every connection's 4-tuple, state and TCPInfo, current to this instant."""
-        now = trio.current_time()
-        return [
-            ConnectionEntry(
-                local=(self.address, key[0]),
-                remote=(key[1], key[2]),
-                state=conn.state,
-                info=conn.info(now),
-            )
-            for key, conn in self._conns.items()
-        ]
-
-    @property
-    def activity_enabled(self) -> bool:
-        """Whether activity accounting runs (see :mod:`tcpstack.activity`)."""
-        return self.meter.enabled
-
-    @activity_enabled.setter
-    def activity_enabled(self, on: bool) -> None:
-        if on and not self.meter.enabled:
-            self.meter.reset()
-        self.meter.enabled = bool(on)
-
-    def activity(self) -> ActivityReport:
-        """Seconds and counts per activity since accounting was enabled."""
-        return self.meter.report()
 
     def connection_error(self, conn: Connection) -> OSError | None:
         """The error ``conn`` failed with, as an ``OSError`` with its errno (``SO_ERROR``).
@@ -425,48 +388,6 @@ class StackCore(ListenerMixin, IcmpMixin):
         except MalformedPacket:
             self.stats.malformed += 1
         return None
-
-    def _input_accounted(self, batch: list[bytes], now: float) -> None:
-        meter = self.meter
-        t0 = time.perf_counter_ns()
-        segs = [self._parse(packet) for packet in batch]
-        t1 = time.perf_counter_ns()
-        for seg in segs:
-            if seg is not None:
-                self._dispatch_guarded(seg, now)
-        t2 = time.perf_counter_ns()
-        meter.add(Activity.RX_PARSE, t1 - t0, len(batch))
-        meter.add(Activity.TCP_INPUT, t2 - t1, len(segs))
-
-    def _flush_accounted(self, dirty: dict[int, Connection], now: float) -> None:
-        meter = self.meter
-        t0 = time.perf_counter_ns()
-        polled: list[tuple[Connection, list[TcpSegment]]] = []
-        packets: list[bytes] = []
-        for conn in dirty.values():
-            try:
-                polled.append((conn, conn.poll_transmit(now)))
-            except Exception:
-                packets += self._output_failed(conn, now)
-            self._schedule(conn)
-            self._after_change(conn)
-        t1 = time.perf_counter_ns()
-        checksum = self._checksum
-        nsegs = 0
-        for conn, segs in polled:
-            nsegs += len(segs)
-            try:
-                packets += [build_packet(seg, checksum=checksum) for seg in segs]
-            except Exception:
-                packets += self._output_failed(conn, now)
-                self._after_change(conn)
-        t2 = time.perf_counter_ns()
-        self._send(packets)
-        t3 = time.perf_counter_ns()
-        meter.add(Activity.TCP_OUTPUT, t1 - t0, nsegs)
-        meter.add(Activity.BUILD, t2 - t1, len(packets))
-        if packets:
-            meter.add(Activity.LINK_SEND, t3 - t2, len(packets))
 
     def _dispatch_guarded(self, seg: TcpSegment | IcmpMessage, now: float) -> None:
         try:
