@@ -12,8 +12,6 @@ PAWS (RFC 7323 5.3), the acceptability test, RST (with RFC 5961 3.2), SYN (RFC 5
 
 from __future__ import annotations
 
-from typing import Any
-
 from tcpstack.tcp.config import ConnectionOptions, SynFinPolicy
 from tcpstack.tcp.events import (
     ChallengeAckSent,
@@ -21,13 +19,11 @@ from tcpstack.tcp.events import (
     IcmpReceived,
     ResetReceived,
 )
-from tcpstack.tcp.handshake import HandshakeMixin
 from tcpstack.tcp.info import TCPInfo
 from tcpstack.tcp.introspect import build_info
 from tcpstack.tcp.receiver import ACK_DELAYED, ACK_NOW
 from tcpstack.tcp.sender import SENDING_STATES
 from tcpstack.tcp.seq import unwrap
-from tcpstack.tcp.sockopts import apply_options
 from tcpstack.tcp.state import (
     CA_LOSS,
     ST_CLOSE_WAIT,
@@ -43,6 +39,7 @@ from tcpstack.tcp.state import (
     ST_TIME_WAIT,
 )
 from tcpstack.tcp.timers import TK_DELACK, TK_KEEPALIVE, TK_PERSIST, TK_RETRANSMIT
+from tcpstack.tcp.usercalls import UserCallsMixin
 from tcpstack.wire.segment import (
     ECN_CE,
     ECN_NOT_ECT,
@@ -62,16 +59,9 @@ _RST = TcpFlags.RST
 # Plain-int bits: tests on ints avoid IntFlag's Python-level operators on every segment.
 _F_FIN, _F_SYN, _F_RST, _F_ACK, _F_CWR = 0x01, 0x02, 0x04, 0x10, 0x80
 PAWS_IDLE = 24 * 24 * 3600.0  # RFC 7323 5.5: ts_recent is invalid after 24 days idle
-_ERRORS = {
-    "connection reset by peer": ConnectionResetError,
-    "connection refused": ConnectionRefusedError,
-    "connection timed out": TimeoutError,
-    "user timeout": TimeoutError,
-    "connection aborted": ConnectionAbortedError,
-}
 
 
-class Connection(HandshakeMixin):
+class Connection(UserCallsMixin):
     """A TCP connection. See the module docstring and DESIGN.md (layer ``tcp``)."""
 
     __slots__ = ()  # the state lives in ConnectionCore's slots
@@ -116,37 +106,6 @@ class Connection(HandshakeMixin):
         self.syn_pending = True
         self._set_state(ST_SYN_SENT, now)
 
-    # -- public properties --------------------------------------------------------------
-
-    @property
-    def readable_bytes(self) -> int:
-        return self.rcv.readable
-
-    @property
-    def send_space(self) -> int:
-        if self.shut_wr or self.state in (ST_CLOSED, ST_TIME_WAIT):
-            return 0
-        return self.sndbuf.space
-
-    @property
-    def at_eof(self) -> bool:
-        """The peer's FIN has been received and every byte before it read."""
-        return self.rcv.fin_received and self.rcv.readable == 0
-
-    @property
-    def local(self) -> tuple[str, int]:
-        return (self.local_addr, self.local_port)
-
-    @property
-    def remote(self) -> tuple[str, int]:
-        return (self.remote_addr, self.remote_port)
-
-    def error_exception(self) -> OSError | None:
-        """The exception the API layer should raise for :attr:`error` (None if no error)."""
-        if self.error is None:
-            return None
-        return _ERRORS.get(self.error, ConnectionError)(self.error)
-
     def drain_events(self) -> list[Event]:
         events = self.events
         self.events = []
@@ -160,92 +119,6 @@ class Connection(HandshakeMixin):
 
     def info(self, now: float) -> TCPInfo:
         return build_info(self, now)
-
-    # -- application calls --------------------------------------------------------------
-
-    def set_options(self, **changes: Any) -> None:
-        """Change options at run time as ``setsockopt`` does on Linux: ``nodelay``,
-        ``keepalive``, ``user_timeout``, ``congestion``, ``send_buffer``, ``receive_buffer``,
-        ``mss`` (see :mod:`tcpstack.tcp.sockopts`). ``ValueError`` names unknown options or bad
-        values, and then nothing changes."""
-        apply_options(self, changes)
-        # Linux SOCK_SNDBUF_LOCK / SOCK_RCVBUF_LOCK: a size the user sets ends autotuning.
-        if "send_buffer" in changes:
-            self.sndbuf_auto = False
-        if "receive_buffer" in changes:
-            self.rcv.autotune_max = 0
-
-    def send(self, data: bytes | bytearray | memoryview) -> int:
-        """Queue ``data``; return the number of bytes accepted (bounded by the send buffer)."""
-        exc = self.error_exception()
-        if exc is not None:
-            raise exc
-        if self.shut_wr or self.state not in (
-            ST_SYN_SENT, ST_SYN_RECEIVED, ST_ESTABLISHED, ST_CLOSE_WAIT,
-        ):
-            raise BrokenPipeError(f"connection is not open for sending (state {self.state})")
-        n = self.sndbuf.append(data)
-        if n and not self.sb:
-            self.idle_check = True
-        if n < len(data) and self.sndbuf_limited_start is None:
-            self.sndbuf_limited_start = self.last_now
-        return n
-
-    def receive(self, max_bytes: int) -> bytes:
-        """Up to ``max_bytes`` of in-order data; b"" when none (``at_eof`` tells EOF apart)."""
-        data = self.rcv.read(max_bytes, self.last_now)
-        if data and self.state in (
-            ST_ESTABLISHED, ST_FIN_WAIT_1, ST_FIN_WAIT_2
-        ) and self.rcv.window_update_worthwhile():
-            # RFC 9293 3.8.6.2.2 / Linux tcp_cleanup_rbuf: tell the peer the window reopened.
-            self.ack_now = True
-        return data
-
-    def shutdown_read(self) -> None:
-        """SHUT_RD: discard what is buffered and what arrives later (still acknowledged)."""
-        self.rcv.shutdown_read()
-
-    def shutdown_write(self) -> None:
-        """Half-close (RFC 9293 3.10.4 CLOSE): a FIN follows the queued data."""
-        st = self.state
-        if self.shut_wr or st in (ST_CLOSED, ST_LISTEN):
-            self.shut_wr = True
-            return
-        self.shut_wr = True
-        now = self.last_now
-        if st in (ST_ESTABLISHED, ST_SYN_RECEIVED):
-            self._set_state(ST_FIN_WAIT_1, now)
-        elif st is ST_CLOSE_WAIT:
-            self._set_state(ST_LAST_ACK, now)
-        # SYN_SENT: the FIN goes out once established (RFC 9293: "queue ... until ESTABLISHED").
-
-    def close(self) -> None:
-        """The application is done with the connection (both directions)."""
-        now = self.last_now
-        self.app_closed = True
-        st = self.state
-        if st in (ST_CLOSED, ST_LISTEN):
-            return
-        if st is ST_SYN_SENT:
-            self._close(now)
-            return
-        if self.rcv.readable and self.profile.rst_on_close_with_unread_data:
-            # RFC 2525 2.17 / Linux tcp_close: unread data is lost, so say so with a RST.
-            self._abort_with_rst(now, "close with unread data")
-            return
-        self.rcv.shutdown_read()
-        self.shutdown_write()
-        if self.state is ST_FIN_WAIT_2:
-            self._arm_fin_wait_2(now)
-
-    def abort(self) -> None:
-        """RFC 9293 3.10.5 ABORT: send a RST if synchronized, drop everything."""
-        if self.state in (ST_CLOSED, ST_LISTEN):
-            return
-        if self.state is ST_SYN_SENT:
-            self._close(self.last_now, "connection aborted")
-            return
-        self._abort_with_rst(self.last_now, "abort", "connection aborted")
 
     # -- output -------------------------------------------------------------------------
 

@@ -34,7 +34,8 @@ from tcpstack.tcp.state import TcpState
 from tcpstack.tcp.timers import TimerKind
 
 if TYPE_CHECKING:
-    from tcpstack.tcp.connection import Connection
+    # The engine below the user calls: every part a connection is made of.
+    from tcpstack.tcp.handshake import HandshakeMixin as Connection
 
 __all__ = ["RUNTIME_OPTIONS", "apply_options"]
 
