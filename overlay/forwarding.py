@@ -107,11 +107,15 @@ class Pending:
     path: tuple[str, ...] | None  # None while there is no route
     first_sent: float
     last_sent: float
-    deadline: float  # retransmission due, unless a later message on the path is acked
     rto: float
     order: int = 0  # position in the send order (the window is kept in this order)
     attempts: int = 1
     later_acks: int = 0  # messages sent after this one on its path, acked since it was sent
+
+    @property
+    def deadline(self) -> float:
+        """When its timer expires unless acks on its path restart it (:meth:`Sender.due`)."""
+        return self.last_sent + self.rto
 
 
 class Sender:
@@ -181,7 +185,7 @@ class Sender:
         rto = self.estimator(dst).rto
         self._order += 1
         entry = Pending(
-            msg_id, dst, flow, policy, payload, path, now, now, now + rto, rto, self._order
+            msg_id, dst, flow, policy, payload, path, now, now, rto, self._order
         )
         self._pending[msg_id] = entry
         return entry
@@ -225,7 +229,7 @@ class Sender:
         rto = max(entry.rto, self.estimator(entry.dst).rto)
         last_ack = self._last_ack.get((entry.dst, entry.path))
         start = entry.last_sent if last_ack is None else max(entry.last_sent, last_ack)
-        return max(entry.deadline, start + rto)
+        return start + rto
 
     def due(self, now: float) -> tuple[list[Pending], list[Pending], list[Pending]]:
         """(messages whose timer expired, messages found lost by later acks (resend without
@@ -258,7 +262,6 @@ class Sender:
         entry.last_sent = now
         if backoff:
             entry.rto = min(self.max_rto, entry.rto * 2)
-        entry.deadline = now + entry.rto
 
     def using(self, link: tuple[str, str]) -> list[Pending]:
         """Messages whose path crosses ``link`` (either direction) or that have no path."""

@@ -43,15 +43,23 @@ def test_growing_window_gets_an_ack_every_second_segment_unread() -> None:
     assert s.c.rcv.rcv_ssthresh < s.c.rcv.capacity
 
 
-def test_unread_data_defers_the_ack_to_the_next_read() -> None:
+def _two_segments_unread() -> tuple[Script, int]:
+    """Past quick ACKs, two full segments in and none read: the second is not ACKed at once
+    (the window announced now would end where the last one ended, only shrunken)."""
     s = Script(options=ConnectionOptions(receive_buffer=20000, window_scaling=False)).run(OPEN)
     seq = _past_quickack(s)
-    # Nothing read: the window announced now would end where the last one ended, so the
-    # second segment is not ACKed at once (it would only announce a shrunken window) ...
     s.run(f"""
     +.001 < . {seq}:{seq + 1000}(1000) ack 1 win 65535
     +.001 < . {seq + 1000}:{seq + 2000}(1000) ack 1 win 65535
     +0    none
+    """)
+    return s, seq
+
+
+def test_unread_data_defers_the_ack_to_the_next_read() -> None:
+    s, seq = _two_segments_unread()
+    # Nothing read: a third segment is not ACKed at once either ...
+    s.run(f"""
     +.001 < . {seq + 2000}:{seq + 3000}(1000) ack 1 win 65535
     +0    none
     """)
@@ -63,11 +71,7 @@ def test_unread_data_defers_the_ack_to_the_next_read() -> None:
 
 
 def test_deferred_ack_still_leaves_on_the_delayed_ack_timer() -> None:
-    s = Script(options=ConnectionOptions(receive_buffer=20000, window_scaling=False)).run(OPEN)
-    seq = _past_quickack(s)
+    s, seq = _two_segments_unread()
     s.run(f"""
-    +.001 < . {seq}:{seq + 1000}(1000) ack 1 win 65535
-    +.001 < . {seq + 1000}:{seq + 2000}(1000) ack 1 win 65535
-    +0    none
     +.039 > . 1:1(0) ack {seq + 2000} win 18000
     """)
