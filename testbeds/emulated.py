@@ -10,9 +10,10 @@ times, counted from the moment the testbed was entered, by one task that sleeps 
 
 The testbed reads the clock through trio only, so it runs in virtual time when trio runs under
 ``trio.testing.MockClock(autojump_threshold=0)`` and in real time otherwise. A virtual-time run
-replays exactly from its seed once trio's own scheduling shuffle is seeded too (``testbed run
---virtual`` and the test suite's conftest do that). A :class:`Recorder` receives JSON lines of every event applied, every path
-and link change the overlay reports, periodic link samples and flow deliveries.
+replays exactly from its seed once trio's own scheduling is made deterministic and seeded too
+(:func:`seed_trio_scheduler`; ``testbed run --virtual`` calls it). A :class:`Recorder` receives
+JSON lines of every event applied, every path and link change the overlay reports, periodic
+link samples and flow deliveries.
 """
 
 from __future__ import annotations
@@ -48,12 +49,25 @@ _MAX_PENDING: Final = 400_000
 
 
 def seed_trio_scheduler(seed: int) -> None:
-    """Seed the RNG trio shuffles each batch of runnable tasks with (to flush out code that
-    depends on scheduling order), so a virtual-time run replays exactly from ``seed``. It is
-    private to trio, so a trio without it just runs unseeded."""
-    shuffle = getattr(getattr(trio._core, "_run", None), "_r", None)
+    """Make trio's scheduling a function of ``seed``, so a virtual-time run replays exactly.
+
+    trio runs each batch of runnable tasks in an order drawn from a module-level RNG (to flush
+    out code that depends on scheduling order). Seeding that RNG is not enough: by default trio
+    only reverses the batch half the time, and the batch itself is in the order the tasks were
+    woken, which for timers falling due at the same instant (common in virtual time, where every
+    ``sleep`` lands on an exact value) is the order of ``id(cancel_scope)`` in trio's deadline
+    heap, i.e. of memory addresses. The same seed then gave different runs in one process and
+    in another (item 3 of issue 6 scored 6 and 8 of 10 with the same code and seeds). trio's
+    deterministic mode (the one importing Hypothesis switches on) first sorts each batch by task
+    creation order and then shuffles it with the seeded RNG; this turns it on as well. Both are
+    private to trio, so a trio without them just runs as it does by default. The mode stays on
+    for the rest of the process (it costs one sort per batch)."""
+    run = getattr(trio._core, "_run", None)
+    shuffle = getattr(run, "_r", None)
     if isinstance(shuffle, random.Random):
         shuffle.seed(seed)
+    if run is not None and hasattr(run, "_ALLOW_DETERMINISTIC_SCHEDULING"):
+        run._ALLOW_DETERMINISTIC_SCHEDULING = True
 
 
 class Recorder:

@@ -7,11 +7,11 @@ Hypothesis runs derandomised (the same examples on every run, so CI is determini
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
-import trio
 from hypothesis import HealthCheck, settings
+
+from testbeds.emulated import seed_trio_scheduler
 
 settings.register_profile(
     "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -24,9 +24,9 @@ settings.load_profile("thorough" if os.environ.get("TCPSTACK_HYPOTHESIS") == "th
 
 @pytest.fixture(autouse=True)
 def _deterministic_trio_scheduling() -> None:
-    """trio shuffles each batch of runnable tasks with a module-level, unseeded RNG (to flush out
-    code that depends on scheduling order). Seed it per test so that a failure replays exactly;
-    different tests still see different interleavings."""
-    rng = getattr(getattr(trio._core, "_run", None), "_r", None)
-    if isinstance(rng, random.Random):
-        rng.seed(0)
+    """trio runs each batch of runnable tasks in an order drawn from a module-level RNG (to flush
+    out code that depends on scheduling order). Seed it per test, with trio's deterministic mode
+    on (batches sorted by task creation before the shuffle, see
+    :func:`testbeds.emulated.seed_trio_scheduler`), so that a failure replays exactly; different
+    tests still see different interleavings."""
+    seed_trio_scheduler(0)

@@ -17,7 +17,6 @@ overlay's normal code. The wrapper is removed afterwards.
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import statistics
 import time
@@ -32,7 +31,8 @@ import trio
 import trio.testing
 
 from overlay import OverlayNode
-from testbeds.emulated import EmulatedTestbed, Recorder
+from overlay.node import ROUTE_TICK, SPF_DELAY
+from testbeds.emulated import EmulatedTestbed, Recorder, seed_trio_scheduler
 from testbeds.scenario import run_scenario
 from testbeds.topology import Event, Flow, LinkSpec, Topology
 
@@ -108,8 +108,21 @@ async def goodput(
     flow: int, *, messages: int = BULK, limit: float = 60.0,
 ) -> float:
     """Goodput (bytes/s) of ``messages`` reliable messages sent back to back from ``src`` to
-    ``dst`` pinned to ``path``: payload delivered after the first quarter of the arrivals (slow
-    start and the first window excluded) over the time from the last of those to the last one (0.0 if they do not all arrive in ``limit``)."""
+    ``dst`` pinned to ``path`` (0.0 if they do not all arrive in ``limit``): the payload after
+    the first message over the time from its arrival to the last one's.
+
+    From the first arrival, not from a later cut point such as the first quarter's arrival
+    (what this measured before 2026-11-26 night, to leave slow start out): every measurement
+    starts with idle peer links, so each hop restarts from its initial window (RFC 5681 4.1,
+    RFC 7661) and a hop that is still in slow start releases the messages queued before it
+    once per round trip, in a burst at its own, faster rate. When the cut falls just before
+    such a burst, messages that crossed the bottleneck before the cut are counted as if they
+    crossed after it: seed 1's n0-n10-n2 (bottleneck 756 kB/s) measured 993 and 717 kB/s for
+    two transfers whose last messages arrived 408 and 406 ms after their first sends, and 719
+    or 991 alternately in 12 repetitions. Measured from the first arrival the same 12
+    gave 674-719 kB/s, and no measurement can exceed the bottleneck unless the first message
+    itself is held back. The first arrival rather than the first send: the path's one-way
+    delay is its latency, not its throughput."""
     sender = tb.node(src)
 
     async def send_all() -> None:
@@ -130,8 +143,7 @@ async def goodput(
     assert arrivals.paths[flow] <= {path}
     if len(times) < messages:
         return 0.0
-    skip = max(1, messages // 4)
-    return (messages - skip) * MESSAGE / (times[messages - 1] - times[skip - 1])
+    return (messages - 1) * MESSAGE / (times[messages - 1] - times[0])
 
 
 def bottleneck(topo: Topology, path: tuple[str, ...]) -> float:
@@ -141,23 +153,18 @@ def bottleneck(topo: Topology, path: tuple[str, ...]) -> float:
     return min(r for r in rates if r is not None)
 
 
-def _seed_trio(seed: int) -> None:
-    shuffle = getattr(getattr(trio._core, "_run", None), "_r", None)  # see tests/conftest.py
-    if isinstance(shuffle, random.Random):
-        shuffle.seed(seed)
-
-
 # ------------------------------------------------------------------------------ item 3
 
 TOPOLOGIES = 10
 NODES = 12
 MAX_HOPS = 6  # candidate paths: every simple path of at most this many links
-# One goodput measurement of a path scatters by a factor of about exp(+-0.23) (1 s.d., from 40
-# pairs of repeated measurements of the same path: a retransmission timeout or not in a 256 kB
-# transfer). Comparing means of 2 then misses the 0.9 bar in about 1 topology in 9 even for a
-# policy that always picks the truly best path (simulated over the measured goodputs of 8
-# topologies); means of 4 (1 + REMEASURE) bring that to about 1 in 20.
-REMEASURE = 3
+# One goodput measurement of a lossy path scatters by about 17 % (median 1 s.d.; a loss recovery or
+# not in a 256 kB transfer; 6 repetitions of each of 24 paths of seeds 1, 2, 6 and 8, 22:30
+# 2026-11-26). For two paths of equal mean goodput the ratio of means of n measurements then
+# has a log s.d. of 0.17 * sqrt(2 / n), and falls below 0.9 by chance alone with probability
+# Phi(ln 0.9 / that): 19 % for n = 4, 11 % for n = 8. Near-ties are common here (every path of
+# seed 8 crosses the same narrowest link), so the comparison uses means of 8 (1 + REMEASURE).
+REMEASURE = 7
 
 
 def throughput_topology(seed: int) -> tuple[Topology, str, str]:
@@ -169,6 +176,24 @@ def throughput_topology(seed: int) -> tuple[Topology, str, str]:
     hops = nx.single_source_shortest_path_length(graph, src)
     dst = max(sorted(hops), key=lambda n: hops[n])
     return topo, src, dst
+
+
+def settle_time(node: OverlayNode) -> float:
+    """How long after the warm-up the source's choice can still be moving because of it.
+
+    When the warm-up ends its links fall idle: ``idle_after`` later a link's latency is its
+    probe RTT instead of TCP's srtt (see :mod:`overlay.metrics`), from the next probe (within
+    ``probe_interval``), which moves its throughput estimate; its LSA goes out within
+    ``lsa_interval`` (the origination rate limit) and the source recomputes ``SPF_DELAY`` after
+    it arrives. A better path then has to stay better for ``hold_time``, checked every
+    ``ROUTE_TICK``, before the source switches to it. (A fixed 3 s, before 2026-11-26 night,
+    read seed 2's choice with such a switch 1.4 s into its 2 s hold.) All of it is well inside
+    ``loss_horizon``, after which the warm-up's loss samples leave the estimates."""
+    metrics, routing = node.config.metrics, node.config.routing
+    return (
+        metrics.idle_after + metrics.probe_interval + routing.lsa_interval + SPF_DELAY
+        + routing.hold_time + ROUTE_TICK
+    )
 
 
 async def warm_up(tb: EmulatedTestbed, arrivals: Arrivals, topo: Topology) -> None:
@@ -192,19 +217,20 @@ class Trial:
     chosen: tuple[str, ...]
     best: tuple[str, ...]
     ratio: float  # chosen path's goodput over the best path's
-    tried: int  # paths measured
+    tried: int  # paths measured (the chosen one too, even if it is not a candidate)
     paths: int  # candidate paths
 
     def describe(self) -> str:
         return (
             f"seed {self.seed}: {self.src}->{self.dst} chosen {'-'.join(self.chosen)} best "
-            f"{'-'.join(self.best)} ratio {self.ratio:.3f} ({self.tried} of {self.paths} "
-            "paths measured)"
+            f"{'-'.join(self.best)} ratio {self.ratio:.3f} ({self.tried} paths measured; "
+            f"{self.paths} candidates of <= {MAX_HOPS} links)"
         )
 
 
 async def throughput_trial(seed: int) -> Trial:
-    """One topology: warm up, take the policy's choice, then find the best path by trying all.
+    """One topology: warm up, wait :func:`settle_time`, take the policy's choice, then find
+    the best path by trying all.
 
     "Trying all": every simple path from src to dst of at most ``MAX_HOPS`` links, measured one
     at a time with :func:`goodput`, in decreasing order of their bottleneck rate; once the next
@@ -221,7 +247,7 @@ async def throughput_trial(seed: int) -> Trial:
                 await trio.sleep(0.1)
         arrivals = Arrivals(tb)
         await warm_up(tb, arrivals, topo)
-        await trio.sleep(3.0)  # LSAs with the measured rates flood; hold times run out
+        await trio.sleep(settle_time(tb.node(src)))
         chosen = tb.node(src).best_path(dst, "throughput")
         assert chosen is not None
         paths = sorted(
@@ -249,29 +275,20 @@ async def throughput_trial(seed: int) -> Trial:
     return Trial(seed, src, dst, chosen, best, ratio, len(measured), len(paths))
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("TCPSTACK_LONG") != "1",
-    reason="a 2.5-minute measurement (10 topologies x every candidate path, ~135 s CPU); "
-    "TCPSTACK_LONG=1 runs it",
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured 6 of 10 through this test (2026-11-26 21:54; ratios by seed 0.97 0.84 0.83 "
-    "0.96 1.00 0.96 0.77 1.00 0.88 1.28) and 8 of 10 for the same code and seeds run per seed "
-    "in separate processes (20:59): the score is decided by measurement noise (packet "
-    "interleavings alone move it). The policy ranks links by "
-    "long-run throughput; 256 kB transfers start in slow start and favour fast lossy links. "
-    "1 MB transfers (BULK = 128, ~360 s CPU) gave 5 of 10 (7 of 10 at 20:21): the long-run "
-    "goodput of one lossy link scatters by ~17 % between seeds even over 8 MB (1880 kB/s, "
-    "35 ms, 0.63 % loss: 336, 474, 341 kB/s), and there the PFTK/CUBIC estimate is 19-35 % "
-    "below what the stack achieves",
-)
+# Measured 9 of 10 (2026-11-26 22:43 and again 22:50, load 1.1-1.8; ratios by seed 0.924 1.000
+# 1.536 1.154 1.000 1.653 0.805 1.000 1.000 1.248 both times; wall 225 s, CPU 222-223 s). Runs replay exactly (see
+# tests/testbeds/test_replay.py), so that is the score of this code in any process; a change
+# anywhere in the stack or the overlay moves packet timings and can move it. Seed 6 fails:
+# its two paths share their narrowest link (n3-n1, 1632 kB/s at 0.93 % loss, estimated
+# 196 kB/s), the latency tie-break picks n0-n4-n3-n1 (161 ms) over n0-n4-n9-n2-n8-n3-n1
+# (297 ms), and the longer one delivers more: means of 8 here 0.805, means of 6 in a separate
+# run 234 against 260 kB/s. Why (the hops other than the shared one) is not modelled.
+@pytest.mark.slow  # ~225 s: the longest test of the suite, and the only measurement of item 3
 def test_throughput_policy_picks_a_path_within_90_percent_of_the_best_in_9_of_10() -> None:
     wall, cpu = time.perf_counter(), time.process_time()
     results = []
     for seed in range(TOPOLOGIES):
-        _seed_trio(seed)
+        seed_trio_scheduler(seed)
         results.append(
             trio.run(throughput_trial, seed, clock=trio.testing.MockClock(autojump_threshold=0))
         )
