@@ -86,6 +86,14 @@ def _range_start(r: _Range) -> int:
     return r.start
 
 
+# The ranges of every queue that has held nothing yet: most connections never see
+# out-of-order data, so they share this list instead of each owning an empty one (an object
+# the garbage collector walks for as long as the connection lives). Only ``add`` inserts,
+# and it gives the queue a list of its own first; every other mutation removes ranges, which
+# an empty list does not have. Never non-empty.
+_NO_RANGES: list[_Range] = []
+
+
 class ReassemblyQueue:
     """Out-of-order data above ``rcv_nxt``, bounded in bytes and in ranges."""
 
@@ -102,7 +110,7 @@ class ReassemblyQueue:
             raise ValueError(f"max_ranges must be >= 1, not {max_ranges}")
         self.max_bytes = max_bytes
         self.max_ranges = max_ranges
-        self._ranges: list[_Range] = []
+        self._ranges = _NO_RANGES
         self._held = 0
         self._clock = 0  # arrival counter that orders SACK blocks (RFC 2018 section 4)
         self._dropped_bytes = 0
@@ -160,6 +168,8 @@ class ReassemblyQueue:
             start = rcv_nxt
 
         ranges = self._ranges
+        if ranges is _NO_RANGES:
+            ranges = self._ranges = []
         # Ranges that overlap or touch [start, end) are ranges[lo:hi]; they merge with it.
         lo = bisect_left(ranges, start, key=_range_end)
         hi = bisect_right(ranges, end, lo=lo, key=_range_start)

@@ -53,50 +53,59 @@ class WindowedMin:
     optimistic.
     """
 
-    __slots__ = ("window", "_samples")
+    # Three (time, value) choices as six slots, not a list of tuples: one object per
+    # connection instead of three, and no tuple made per RTT sample.
+    __slots__ = ("window", "_t0", "_v0", "_t1", "_v1", "_t2", "_v2")
 
     def __init__(self, window: float) -> None:
         if not (math.isfinite(window) and window > 0):
             raise ValueError(f"window must be a positive number of seconds, got {window!r}")
         self.window = window
-        self._samples: list[tuple[float, float]] = []  # (time, value) x 3 once started
+        self._v0: float | None = None  # None: no sample yet
+        self._t0 = self._t1 = self._t2 = 0.0
+        self._v1 = self._v2 = 0.0
 
     @property
     def value(self) -> float | None:
-        return self._samples[0][1] if self._samples else None
+        return self._v0
 
     def reset(self, now: float, value: float) -> float:
-        self._samples = [(now, value)] * 3
+        self._t0 = self._t1 = self._t2 = now
+        self._v0 = self._v1 = self._v2 = value
         return value
 
     def update(self, value: float, now: float) -> float:
         """Add a sample taken at ``now``; returns the windowed minimum."""
-        s = self._samples
-        if not s or value <= s[0][1] or now - s[2][0] > self.window:
+        v0 = self._v0
+        if v0 is None or value <= v0 or now - self._t2 > self.window:
             return self.reset(now, value)  # new minimum, or all three choices expired
-        sample = (now, value)
-        if value <= s[1][1]:
-            s[1] = s[2] = sample
-        elif value <= s[2][1]:
-            s[2] = sample
-        return self._subwin_update(sample)
+        if value <= self._v1:
+            self._t1 = self._t2 = now
+            self._v1 = self._v2 = value
+        elif value <= self._v2:
+            self._t2, self._v2 = now, value
+        return self._subwin_update(now, value)
 
-    def _subwin_update(self, sample: tuple[float, float]) -> float:
-        s = self._samples
-        dt = sample[0] - s[0][0]
-        if dt > self.window:
+    def _subwin_update(self, now: float, value: float) -> float:
+        dt = now - self._t0
+        window = self.window
+        if dt > window:
             # The best expired: promote the 2nd and 3rd choices. The 2nd may have expired too
             # (the 3rd was checked on entry), hence the second shift.
-            s[0], s[1], s[2] = s[1], s[2], sample
-            if sample[0] - s[0][0] > self.window:
-                s[0], s[1], s[2] = s[1], s[2], sample
-        elif s[1][0] == s[0][0] and dt > self.window / 4:
+            self._t0, self._v0 = self._t1, self._v1
+            self._t1, self._v1 = self._t2, self._v2
+            self._t2, self._v2 = now, value
+            if now - self._t0 > window:
+                self._t0, self._v0 = self._t1, self._v1
+                self._t1, self._v1 = now, value
+        elif self._t1 == self._t0 and dt > window / 4:
             # A quarter window without a new 2nd choice: take one from the 2nd quarter.
-            s[1] = s[2] = sample
-        elif s[2][0] == s[1][0] and dt > self.window / 2:
+            self._t1 = self._t2 = now
+            self._v1 = self._v2 = value
+        elif self._t2 == self._t1 and dt > window / 2:
             # Half a window without a new 3rd choice: take one from the last half.
-            s[2] = sample
-        return s[0][1]
+            self._t2, self._v2 = now, value
+        return self._v0  # type: ignore[return-value]  # set by the first sample
 
 
 # Argument tuples already validated: every connection of a stack passes the same ones, and the

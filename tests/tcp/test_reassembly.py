@@ -243,3 +243,17 @@ def test_long_in_order_run_behind_a_hole_is_linear() -> None:
         q.add(1 + i * 1460, seg, 0)
     assert q.ranges == [(1, 1 + 20_000 * 1460)]
     assert len(q.pop_ready(1)) == 20_000 * 1460
+
+
+def test_queues_that_never_held_data_share_no_state_with_those_that_did() -> None:
+    # Empty queues share one empty range list until their first arrival; an arrival at one
+    # queue must never show up at another.
+    first, second = ReassemblyQueue(max_bytes=1000), ReassemblyQueue(max_bytes=1000)
+    assert first.add(110, b"x" * 10, 100).accepted == 10
+    assert first.ranges == [(110, 120)] and second.ranges == [] and not second
+    assert second.pop_ready(100) == b"" and second.sack_blocks(4) == []
+    second.clear()
+    third = ReassemblyQueue(max_bytes=1000)
+    assert len(third) == 0 and third.bytes_held == 0
+    assert first.pop_ready(110) == b"x" * 10 and not first
+    assert third.add(200, b"y", 150).accepted == 1 and len(first) == 0 and len(second) == 0
