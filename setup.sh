@@ -55,11 +55,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml .ci/constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing the project (editable) with test extras"
+  echo "setup: installing the project (editable) with test extras, versions from .ci/constraints.txt"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -c .ci/constraints.txt -e '.[test]'
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
