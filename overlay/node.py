@@ -174,6 +174,16 @@ class OverlayNode:
         """(reliable messages in flight, window size)."""
         return self._sender.in_flight, self._sender.window
 
+    def unacknowledged(self, dst: str | None = None, *, flow: int | None = None) -> int:
+        """Reliable messages sent (to ``dst``, in ``flow``; every one if None) that the
+        destination has not yet acknowledged end to end: still in flight or due to be sent
+        again. A message leaves this count when its ack arrives or when the node gives up on it
+        (counted in ``stats.expired``), never silently."""
+        return sum(
+            1 for e in self._sender.pending()
+            if (dst is None or e.dst == dst) and (flow is None or e.flow == flow)
+        )
+
     def best_path(self, dst: str, policy: str = "latency") -> tuple[str, ...] | None:
         current = self._current(dst, policy, trio.current_time())
         return None if current is None else current.path

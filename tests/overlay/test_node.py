@@ -95,6 +95,32 @@ async def test_two_nodes_deliver_both_ways(autojump_clock: trio.abc.Clock) -> No
         assert pq is not None and pq.hops == 1 and pq.samples > 0
 
 
+async def test_unacknowledged_counts_reliable_messages_per_destination_and_flow(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_overlay(TRIANGLE) as ov:
+        await wait_routable(ov)
+        a, b, c = ov.node("a"), ov.node("b"), ov.node("c")
+        for _ in range(3):
+            await a.send("b", b"x", flow=1)
+        for _ in range(2):
+            await a.send("c", b"y", flow=2)
+        await a.send("c", b"z", flow=1)
+        await a.send("c", b"not tracked", reliable=False)
+        # Accepted, not yet acknowledged (no virtual time has passed: nothing arrived yet).
+        assert a.unacknowledged() == 6 == a.send_window[0]
+        assert (a.unacknowledged("b"), a.unacknowledged("c")) == (3, 3)
+        assert (a.unacknowledged(flow=1), a.unacknowledged("c", flow=1)) == (4, 1)
+        assert a.unacknowledged("c", flow=2) == 2 and a.unacknowledged("b", flow=2) == 0
+        with trio.fail_after(5):
+            for node, count in ((b, 3), (c, 4)):
+                for _ in range(count):
+                    await node.receive()
+            while a.unacknowledged():
+                await trio.sleep(0.01)
+        assert a.send_window[0] == 0 and a.stats.expired == 0
+
+
 async def test_three_nodes_relay_through_the_middle(autojump_clock: trio.abc.Clock) -> None:
     async with open_overlay({("a", "b"): 0.01, ("b", "c"): 0.01}) as ov:
         await wait_routable(ov)
