@@ -62,46 +62,41 @@ class RecoveryMixin(RackMixin):
         ``flags`` is ``seg.flags`` as a plain int.
         """
         sb = self.sb
+        # What both fast paths below require: no ECN echo, no SACK information, and nothing of
+        # a loss episode (recovery, duplicate ACKs, undo, a tail loss probe) to update.
         if (
-            ack == self.snd_una
-            and not sb
-            and not flags & _F_ECE
+            not flags & _F_ECE
             and self.ca_state == CA_OPEN
             and not self.dupacks
             and self.undo_marker is None
             and self.tlp_high_seq is None
             and not seg.options.sack_blocks
         ):
-            # Fast path (the spirit of Linux's header prediction): nothing outstanding and
-            # nothing newly acknowledged, the ACK every data segment of a one-way transfer
-            # carries to its receiver. Only the window and the (empty) rate sample can change;
-            # the full path below would reach the same state through the scoreboard.
-            self.last_ack_recv = now
-            self.probes_out = 0
-            self._update_window(seg, seq, ack, now, ack)
-            self.rate.sample(now, rtt=None, min_rtt=self.rtt.min_rtt)
-            return
-        recs = sb._recs
-        if (
-            len(recs) == 1
-            and SYN_FIN_ACK_FAST_PATH
-            and sb._head == 0
-            and not flags & _F_ECE
-            and self.ca_state == CA_OPEN
-            and not self.dupacks
-            and self.undo_marker is None
-            and self.tlp_high_seq is None
-            and not seg.options.sack_blocks
-            and sb._highest_sacked is None
-        ):
-            r = recs[0]
-            if (
-                (r.syn or r.fin) and r.end == ack and r.end - r.start == 1
-                and r.start == self.snd_una and not r.retransmits
-                and not (r.sacked or r.lost or r.retrans_in_flight)
-            ):
-                self._ack_syn_or_fin(seg, r, seq, ack, now)
+            if ack == self.snd_una and not sb:
+                # Fast path (the spirit of Linux's header prediction): nothing outstanding and
+                # nothing newly acknowledged, the ACK every data segment of a one-way transfer
+                # carries to its receiver. Only the window and the (empty) rate sample can
+                # change; the full path below would reach the same state through the scoreboard.
+                self.last_ack_recv = now
+                self.probes_out = 0
+                self._update_window(seg, seq, ack, now, ack)
+                self.rate.sample(now, rtt=None, min_rtt=self.rtt.min_rtt)
                 return
+            recs = sb._recs
+            if (
+                len(recs) == 1
+                and SYN_FIN_ACK_FAST_PATH
+                and sb._head == 0
+                and sb._highest_sacked is None
+            ):
+                r = recs[0]
+                if (
+                    (r.syn or r.fin) and r.end == ack and r.end - r.start == 1
+                    and r.start == self.snd_una and not r.retransmits
+                    and not (r.sacked or r.lost or r.retrans_in_flight)
+                ):
+                    self._ack_syn_or_fin(seg, r, seq, ack, now)
+                    return
         mss = self.mss_cache
         prior_una = self.snd_una
         prior_in_flight = self._in_flight()
