@@ -64,8 +64,8 @@ class FlowSummary:
     sent: int
     delivered: int
     # Reliable messages the source still held unacknowledged when the run ended (in flight, or
-    # delivered with the ack still on its way): sent - delivered <= in_flight means none was lost.
-    in_flight: int
+    # delivered with the ack still on its way): sent - delivered <= unacked means none was lost.
+    unacked: int
     median_latency: float | None
     longest_gap: float
     gap_at: float | None
@@ -184,13 +184,13 @@ async def run_scenario(
         await trio.sleep_until(tb.started_at + duration)
         snapshot()
         applied = list(tb.applied)
-        in_flight = [tb.node(f.src).unacknowledged(f.dst, flow=i) for i, f in enumerate(flows)]
+        unacked = [tb.node(f.src).unacknowledged(f.dst, flow=i) for i, f in enumerate(flows)]
     wall = time.perf_counter() - wall
     path_records = recorder.records("path")
     rows = _rows(topology, flows, applied, snapshots, path_records, logs)
     summaries = tuple(
-        _summary(flow, log, unacked)
-        for flow, log, unacked in zip(flows, logs, in_flight, strict=True)
+        _summary(flow, log, count)
+        for flow, log, count in zip(flows, logs, unacked, strict=True)
     )
     return RunResult(
         topology=topology.name, scenario=scenario, duration=duration, wall=wall, rows=tuple(rows),
@@ -270,7 +270,7 @@ def _rows(
     return rows
 
 
-def _summary(flow: Flow, log: _FlowLog, in_flight: int) -> FlowSummary:
+def _summary(flow: Flow, log: _FlowLog, unacked: int) -> FlowSummary:
     latencies = sorted(received - sent for received, sent, _ in log.deliveries)
     times = sorted(received for received, _, _ in log.deliveries)
     gap, gap_at = 0.0, None
@@ -278,7 +278,7 @@ def _summary(flow: Flow, log: _FlowLog, in_flight: int) -> FlowSummary:
         if later - earlier > gap:
             gap, gap_at = later - earlier, earlier
     return FlowSummary(
-        flow=flow, sent=log.sent, delivered=len(log.deliveries), in_flight=in_flight,
+        flow=flow, sent=log.sent, delivered=len(log.deliveries), unacked=unacked,
         median_latency=latencies[len(latencies) // 2] if latencies else None,
         longest_gap=gap, gap_at=gap_at,
     )
@@ -336,7 +336,7 @@ def format_result(result: RunResult) -> str:
             [
                 (
                     f"{s.flow.src}->{s.flow.dst}", str(s.sent), str(s.delivered),
-                    str(s.in_flight) if s.flow.reliable else "-",
+                    str(s.unacked) if s.flow.reliable else "-",
                     "-" if s.median_latency is None else f"{s.median_latency * 1000:.1f}",
                     f"{s.longest_gap:.3f}", "-" if s.gap_at is None else f"{s.gap_at:.2f}",
                 )

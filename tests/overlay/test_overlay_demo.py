@@ -58,10 +58,10 @@ def test_demo_reroutes_around_the_outage_and_the_loss_and_prints_the_failover_ro
     # Nothing reliable was lost: what was not delivered is still unacknowledged at the source
     # (the last messages, in flight when the run ended), and the table says how many.
     for flow in result.flows:
-        assert flow.delivered <= flow.sent <= flow.delivered + flow.in_flight
+        assert flow.delivered <= flow.sent <= flow.delivered + flow.unacked
         # Unacknowledged at the end: the messages of about the last round trip, not a backlog.
         assert flow.median_latency is not None
-        assert flow.in_flight <= 2 * flow.median_latency / flow.flow.interval + 2
+        assert flow.unacked <= 2 * flow.median_latency / flow.flow.interval + 2
     assert "unacked at end" in table
 
 

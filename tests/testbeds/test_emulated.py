@@ -361,10 +361,10 @@ async def test_scenario_measures_failover_around_a_cut_link(
     (flow,) = result.flows
     assert flow.sent == pytest.approx(8.0 / 0.05, abs=2)
     # Reliable: whatever is missing is still held, unacknowledged, by the source.
-    assert flow.delivered <= flow.sent <= flow.delivered + flow.in_flight
+    assert flow.delivered <= flow.sent <= flow.delivered + flow.unacked
     # Unacknowledged at the end: the messages of about the last round trip, not a backlog.
     assert flow.median_latency is not None
-    assert flow.in_flight <= 2 * flow.median_latency / flow.flow.interval + 2
+    assert flow.unacked <= 2 * flow.median_latency / flow.flow.interval + 2
     assert flow.longest_gap < 1.0
     text = format_result(result)
     assert "down b-d at 4s" in text and "a-b-d" in text and "a-c-d" in text

@@ -339,10 +339,10 @@ async def test_near_equal_paths_with_delay_noise_switch_at_most_once_a_minute(
     assert initial and initial[0]["reason"] == "initial" and initial[0]["t"] < SETTLE
     # The flow kept going, but the source switched paths at most once.
     (flow,) = result.flows
-    assert flow.delivered <= flow.sent <= flow.delivered + flow.in_flight
+    assert flow.delivered <= flow.sent <= flow.delivered + flow.unacked
     # Unacknowledged at the end: the messages of about the last round trip, not a backlog.
     assert flow.median_latency is not None
-    assert flow.in_flight <= 2 * flow.median_latency / flow.flow.interval + 2
+    assert flow.unacked <= 2 * flow.median_latency / flow.flow.interval + 2
     assert len(switches) <= 1, switches
 
 
