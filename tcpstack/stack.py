@@ -20,6 +20,7 @@ import errno
 import heapq
 import itertools
 import logging
+import math
 import random
 import time
 import weakref
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 MASK = 0xFFFFFFFF
 DEFAULT_EPHEMERAL_PORTS = range(49152, 65536)  # RFC 6335 section 6 dynamic ports
 DEFAULT_BATCH = 64
+_HEAP_SLACK = 1024  # stale timer-heap entries tolerated beyond twice the live ones
 _SYN, _ACK, _RST, _FIN = TcpFlags.SYN, TcpFlags.ACK, TcpFlags.RST, TcpFlags.FIN
 
 _ENGINE_ERRNO = {
@@ -267,17 +269,21 @@ class StackCore(ListenerMixin, IcmpMixin, ObserveMixin):
                         deadline != entry[0] and conn.state is ST_TIME_WAIT
                     ):
                         self._file(conn, deadline)
+                elif conn_id in scheduled:
+                    # No timer runs any more (the handshake's RTO, once established): its heap
+                    # entry is now stale, and must not wake the timer task when it comes due.
+                    del scheduled[conn_id]
                 if owner and conn_id in owner:
                     self._settle_passive(conn)
                 lot = waiters.get(conn_id)
                 if lot is not None:
                     state = conn.state
-                    if state is ST_TIME_WAIT or state is ST_CLOSED or conn.error is not None:
-                        lot.wake(everyone=True)
-                        if state is ST_TIME_WAIT:
-                            del waiters[conn_id]  # see _after_change
-                    else:
-                        lot.wake()
+                    lot.wake(
+                        everyone=state is ST_TIME_WAIT or state is ST_CLOSED
+                        or conn.error is not None
+                    )
+                    if not lot:
+                        del waiters[conn_id]  # see _after_change
                 if conn.state is ST_CLOSED:
                     self._forget(conn)
             self._send(packets)
@@ -353,7 +359,18 @@ class StackCore(ListenerMixin, IcmpMixin, ObserveMixin):
         return (conn.local[1], conn.remote[0], conn.remote[1])
 
     def _earliest(self) -> float:
-        return self._deadlines[0][0] if self._deadlines else float("inf")
+        """The earliest live deadline. Stale heap entries (superseded by an earlier one, or left
+        by a connection whose timers all stopped or which is gone) are dropped from the top here,
+        so the timer task never wakes for them."""
+        heap = self._deadlines
+        scheduled = self._scheduled
+        while heap:
+            deadline, conn_id = heap[0]
+            entry = scheduled.get(conn_id)
+            if entry is not None and entry[0] == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return math.inf
 
     def _add(self, conn: Connection, key: ConnKey) -> None:
         # Every connection, active or passive, passes here: it learns whether the link cuts
@@ -499,10 +516,19 @@ class StackCore(ListenerMixin, IcmpMixin, ObserveMixin):
                 # the handshake or the FIN left): filed at once, the earlier entry is skipped
                 # when due instead of waking the connection only to file this one.
                 self._file(conn, deadline)
+        else:
+            self._scheduled.pop(conn.conn_id, None)  # no timer runs: see flush()
 
     def _file(self, conn: Connection, deadline: float) -> None:
-        self._scheduled[conn.conn_id] = (deadline, conn)
-        heapq.heappush(self._deadlines, (deadline, conn.conn_id))
+        scheduled = self._scheduled
+        scheduled[conn.conn_id] = (deadline, conn)
+        heap = self._deadlines
+        heapq.heappush(heap, (deadline, conn.conn_id))
+        if len(heap) > 2 * len(scheduled) + _HEAP_SLACK:
+            # Mostly stale entries (timers moved earlier, or stopped, far ahead of the top):
+            # rebuild from the live ones, so the heap stays within twice the connections.
+            heap[:] = [(when, conn_id) for conn_id, (when, _) in scheduled.items()]
+            heapq.heapify(heap)
         scope = self._timer_scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
@@ -516,10 +542,11 @@ class StackCore(ListenerMixin, IcmpMixin, ObserveMixin):
             lot.wake(
                 everyone=state is ST_TIME_WAIT or state is ST_CLOSED or conn.error is not None
             )
-            if state is ST_TIME_WAIT:
-                # TIME-WAIT lasts 2 MSL with nothing left to wait for: drop the lot rather than
-                # keep it (and its objects for the garbage collector) that long. A task that
-                # waits later gets a new one from wait_changed.
+            if not lot:
+                # Nobody left waiting (the connect that waited for ESTABLISHED, a reader that
+                # got its data): drop the lot rather than keep it, and its objects for the
+                # garbage collector, for the connection's life. A task that waits later gets a
+                # new one from wait_changed.
                 del self._waiters[conn.conn_id]
         if conn.state is ST_CLOSED:
             self._forget(conn)

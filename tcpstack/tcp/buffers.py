@@ -18,6 +18,10 @@ parser already made are kept as they are:
 
 Both keep their chunks in a list with a moving head index (a deque keeps a 64-slot block even
 when empty, which idle connections cannot afford) and compact it when the dead head dominates.
+An empty buffer holds no list of its own but the shared :data:`_NO_DATA`, which is never added
+to: most connections are idle most of the time, and each list is one more object for the
+allocator on every connect and accept, and for the garbage collector to walk for as long as the
+connection lives.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ __all__ = ["SendBuffer", "ReceiveQueue", "as_payload"]
 # do not make many tiny chunks that every segment would have to join.
 _MERGE_LIMIT = 4096
 _COMPACT_AT = 32  # dead head entries before the lists are compacted
+# The chunk (and chunk-start) list of every empty buffer: replaced by a list of the buffer's own
+# before anything is added, so it stays empty.
+_NO_DATA: list = []  # shared by chunk lists of any element type, so left unparametrised
 
 
 class SendBuffer:
@@ -48,8 +55,8 @@ class SendBuffer:
         self.views = False
         self.start = start
         self._end = start
-        self._chunks: list[bytes | memoryview] = []
-        self._starts: list[int] = []  # sequence number of each chunk's first byte
+        self._chunks: list[bytes | memoryview] = _NO_DATA
+        self._starts: list[int] = _NO_DATA  # sequence number of each chunk's first byte
         self._head = 0
 
     def __len__(self) -> int:
@@ -81,6 +88,9 @@ class SendBuffer:
             else:
                 # A mutable buffer the application may reuse once send() returns: copy.
                 chunk = bytes(data[:n] if n < len(data) else data)
+            if chunks is _NO_DATA:
+                chunks = self._chunks = []
+                self._starts = []
             chunks.append(chunk)
             self._starts.append(self._end)
         self._end += n
@@ -157,8 +167,7 @@ class SendBuffer:
             chunks[head] = b""
             head += 1
         if head >= count:
-            chunks.clear()
-            starts.clear()
+            self._chunks = self._starts = _NO_DATA
             head = 0
         elif head >= _COMPACT_AT and head * 2 > len(chunks):
             del chunks[:head]
@@ -193,7 +202,7 @@ class ReceiveQueue:
     __slots__ = ("_chunks", "_head", "_off", "_len")
 
     def __init__(self) -> None:
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] = _NO_DATA
         self._head = 0
         self._off = 0  # bytes of the head chunk already read
         self._len = 0
@@ -213,6 +222,8 @@ class ReceiveQueue:
                 len(chunks[-1]) < _MERGE_LIMIT
             ):
                 chunks[-1] += data
+            elif chunks is _NO_DATA:
+                self._chunks = [data]
             else:
                 chunks.append(data)
             self._len += len(data)
@@ -251,7 +262,7 @@ class ReceiveQueue:
             self._off = 0
         self._len -= got
         if not self._len:
-            chunks.clear()
+            self._chunks = _NO_DATA
             i = 0
             self._off = 0
         elif i >= _COMPACT_AT and i * 2 > len(chunks):
@@ -276,5 +287,5 @@ class ReceiveQueue:
         return b"".join(parts)
 
     def clear(self) -> None:
-        self._chunks.clear()
+        self._chunks = _NO_DATA
         self._head = self._off = self._len = 0

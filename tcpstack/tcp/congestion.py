@@ -236,6 +236,9 @@ Factory = Callable[..., CongestionControl]
 
 _REGISTRY: dict[str, tuple[Factory, frozenset[str]]] = {}
 _BUILTINS_LOADED = False
+# Types a factory has returned that are CongestionControl subclasses: the ABC's isinstance check
+# runs once per type, not on every connect and accept (a handful of types, so bounded).
+_CHECKED_TYPES: set[type] = set()
 
 
 def _load_builtins() -> None:
@@ -312,6 +315,11 @@ def create_congestion_control(
             )
         kwargs = {key: value for key, value in options.items() if key in accepted}
     controller = factory(mss, initial_window, **kwargs)
-    if not isinstance(controller, CongestionControl):
-        raise TypeError(f"factory for {name!r} returned {controller!r}, not a CongestionControl")
+    kind = type(controller)
+    if kind not in _CHECKED_TYPES:
+        if not isinstance(controller, CongestionControl):
+            raise TypeError(
+                f"factory for {name!r} returned {controller!r}, not a CongestionControl"
+            )
+        _CHECKED_TYPES.add(kind)
     return controller

@@ -25,7 +25,7 @@ from bisect import bisect_left, bisect_right
 
 import attrs
 
-__all__ = ["AddResult", "ReassemblyQueue"]
+__all__ = ["AddResult", "NO_OOO", "ReassemblyQueue"]
 
 
 @attrs.frozen(slots=True)
@@ -154,6 +154,8 @@ class ReassemblyQueue:
     def add(self, start: int, data: bytes | bytearray | memoryview, rcv_nxt: int) -> AddResult:
         """Store the bytes of ``data`` (at absolute ``start``) that are neither held nor below
         ``rcv_nxt``; coalesce with neighbouring ranges; enforce the bounds."""
+        if self is NO_OOO:
+            raise RuntimeError("NO_OOO is shared by every receiver and must stay empty")
         end = start + len(data)
         if end <= start:
             return AddResult(0, None, 0)
@@ -294,3 +296,8 @@ class ReassemblyQueue:
             return []
         recent = heapq.nlargest(max_blocks, self._ranges, key=lambda r: r.stamp)
         return [(r.start, r.end) for r in recent]
+
+
+# The queue of every receiver that has not yet had out-of-order data: empty, shared, and never
+# added to (Receiver makes its own before the first add). Reads and clear() are harmless on it.
+NO_OOO = ReassemblyQueue(max_bytes=0, max_ranges=1)

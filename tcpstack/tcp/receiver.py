@@ -12,7 +12,7 @@ reassembly queue is additionally bounded in bytes and in ranges.
 from __future__ import annotations
 
 from tcpstack.tcp.buffers import ReceiveQueue
-from tcpstack.tcp.reassembly import ReassemblyQueue
+from tcpstack.tcp.reassembly import NO_OOO, ReassemblyQueue
 
 __all__ = ["Receiver", "ACK_NONE", "ACK_DELAYED", "ACK_NOW"]
 
@@ -47,7 +47,7 @@ class Receiver:
         "quick", "ato", "ato_min", "last_recv", "_segs_since_ack", "_dsack",
         "bytes_received", "data_segs_in", "rcv_rtt", "_rtt_seq", "_rtt_time",
         "rcv_space", "_space_copied", "_space_time", "shut_rd", "bytes_discarded", "autotune_max",
-        "bsd_delack", "bsd_window", "quickack",
+        "bsd_delack", "bsd_window", "quickack", "_ooo_max_bytes", "_ooo_max_ranges",
     )
 
     def __init__(
@@ -76,7 +76,16 @@ class Receiver:
         # RFC 1122 4.2.3.3 receiver SWS avoidance: open the window only by this much at a time.
         self.min_window_update = max(1, min(capacity // 2, advmss))
         self._buf = ReceiveQueue()  # payloads kept as they arrived: no copy per segment
-        self.ooo = ReassemblyQueue(max_bytes=max_ooo_bytes, max_ranges=max_ooo_ranges)
+        if max_ooo_bytes < 0:
+            raise ValueError(f"max_ooo_bytes must be >= 0, not {max_ooo_bytes}")
+        if max_ooo_ranges < 1:
+            raise ValueError(f"max_ooo_ranges must be >= 1, not {max_ooo_ranges}")
+        # The out-of-order queue is made by the first segment that needs it (few connections
+        # ever see one); until then every receiver shares the empty NO_OOO, which is never
+        # added to, and keeps the queue's bounds here.
+        self.ooo = NO_OOO
+        self._ooo_max_bytes = max_ooo_bytes
+        self._ooo_max_ranges = max_ooo_ranges
         self.fin_seq: int | None = None
         self.fin_received = False
         self.quick = 0  # quick-ACK segments left (Linux icsk_ack.quick)
@@ -104,6 +113,12 @@ class Receiver:
         # FreeBSD tcp_input(): RCV.WND is max(sbspace, rcv_adv - rcv_nxt), the free buffer even
         # where it exceeds the window last announced (a 65535 cap, an unscaled SYN window).
         self.bsd_window = False
+
+    @property
+    def ooo_max_bytes(self) -> int:
+        """The out-of-order queue's byte bound (its own once it exists)."""
+        ooo = self.ooo
+        return self._ooo_max_bytes if ooo is NO_OOO else ooo.max_bytes
 
     # -- setup --------------------------------------------------------------------------
 
@@ -208,7 +223,12 @@ class Receiver:
                 if n >= 128:
                     self._grow_window(n)
             else:
-                result = self.ooo.add(seq, data, self.rcv_nxt)
+                ooo = self.ooo
+                if ooo is NO_OOO:
+                    ooo = self.ooo = ReassemblyQueue(
+                        max_bytes=self._ooo_max_bytes, max_ranges=self._ooo_max_ranges
+                    )
+                result = ooo.add(seq, data, self.rcv_nxt)
                 if result.duplicate is not None:
                     self._dsack = result.duplicate
                 # RFC 5681 4.2: out-of-order data is ACKed immediately (a duplicate ACK).
@@ -410,10 +430,12 @@ class Receiver:
         rcvwin += 2 * (rcvwin * (copied - space) // space)
         size = min(rcvwin, self.autotune_max)
         if size > self.capacity:
-            if self.ooo.max_bytes == self.capacity:
+            if self.ooo_max_bytes == self.capacity:
                 # The out-of-order bound is the buffer (the default): it grows with it, or
                 # the queue would drop data the bigger window invited, after SACKing some.
-                self.ooo.max_bytes = size
+                self._ooo_max_bytes = size
+                if self.ooo is not NO_OOO:
+                    self.ooo.max_bytes = size
             self.capacity = size  # rcv_ssthresh (the window clamp) follows in _grow_window
 
     def shutdown_read(self) -> None:

@@ -27,7 +27,7 @@ from tcpstack.tcp.events import (
     ZeroWindowSeen,
 )
 from tcpstack.tcp.rack import REO_WND_PERSIST, RackMixin
-from tcpstack.tcp.scoreboard import SentSegment
+from tcpstack.tcp.scoreboard import NO_RECORDS, SentSegment
 from tcpstack.tcp.seq import unwrap
 from tcpstack.tcp.state import CA_CWR, CA_DISORDER, CA_LOSS, CA_OPEN, CA_RECOVERY, CaState
 from tcpstack.tcp.timers import TK_LOSS_PROBE, TK_PERSIST, TK_REO_TIMEOUT, TK_RETRANSMIT
@@ -211,7 +211,7 @@ class RecoveryMixin(RackMixin):
         prior_una = self.snd_una
         self.last_ack_recv = now
         # Scoreboard.on_ack: the one record is cumulatively acknowledged.
-        sb._recs.clear()
+        sb._recs = NO_RECORDS
         sb._head = 0
         sb._bytes_out -= 1
         sb._packets_out -= r.pcount

@@ -107,6 +107,11 @@ class AckResult:
 
 _new_ack_result = fast_constructor(AckResult)
 
+# The record list of every scoreboard with nothing outstanding (most connections, most of the
+# time): shared and never added to, so an idle connection holds no list of its own for the
+# allocator to make and the garbage collector to walk. on_sent gives a scoreboard its own list.
+NO_RECORDS: list[SentSegment] = []
+
 
 def _subtract(lo: int, hi: int, cache: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """``[lo, hi)`` minus the union of the ``cache`` ranges, as sorted disjoint ranges."""
@@ -140,7 +145,7 @@ class Scoreboard(LossMarking):
         if dupthresh < 1:
             raise ValueError(f"dupthresh must be >= 1, not {dupthresh}")
         self.dupthresh = dupthresh
-        self._recs: list[SentSegment] = []
+        self._recs: list[SentSegment] = NO_RECORDS
         self._head = 0
         self._snd_nxt: int | None = None
         self._highest_sacked: int | None = None  # end of the highest SACKed record
@@ -288,7 +293,10 @@ class Scoreboard(LossMarking):
                 seg.gso_size = gso_size
                 seg.pcount = _pcount(start, end, fin, syn, gso_size)
             rate.on_sent(seg, now, packets_out=packets_out)
-            self._recs.append(seg)
+            recs = self._recs
+            if recs is NO_RECORDS:
+                recs = self._recs = []
+            recs.append(seg)
             self._bytes_out += end - start
             self._packets_out += seg.pcount
             self._snd_nxt = end
@@ -382,7 +390,7 @@ class Scoreboard(LossMarking):
                 # The one record outstanding is acknowledged, no SACK (a SYN, a FIN, or a lone
                 # segment): what the general path below does, without its lists and loops.
                 n = r.end - r.start
-                recs.clear()
+                self._recs = NO_RECORDS
                 self._bytes_out -= n
                 self._packets_out -= r.pcount
                 self._sack_cache = ()
@@ -449,6 +457,7 @@ class Scoreboard(LossMarking):
                 # compaction, so an idle or TIME-WAIT connection holds none (memory, and
                 # objects the garbage collector would keep scanning).
                 recs.clear()
+                self._recs = NO_RECORDS
                 self._head = 0
             elif head > 64 and head * 2 > nrecs:
                 del recs[:head]

@@ -35,6 +35,10 @@ TK_LOSS_PROBE = TimerKind.LOSS_PROBE
 TK_REO_TIMEOUT = TimerKind.REO_TIMEOUT
 
 _KINDS = tuple(TimerKind)
+# The deadline list of every Timers with none set (an established idle connection, most of the
+# time): shared, and never written, since set() gives the Timers its own list first. An idle
+# connection then holds no list for the allocator to make and the garbage collector to walk.
+_NONE_SET: list[float | None] = [None] * len(_KINDS)
 
 
 class Timers:
@@ -43,11 +47,13 @@ class Timers:
     __slots__ = ("_deadlines", "_earliest")
 
     def __init__(self) -> None:
-        self._deadlines: list[float | None] = [None] * len(_KINDS)
+        self._deadlines: list[float | None] = _NONE_SET
         self._earliest: float | None = None
 
     def set(self, kind: TimerKind, when: float) -> None:
         deadlines = self._deadlines
+        if deadlines is _NONE_SET:
+            deadlines = self._deadlines = [None] * len(_KINDS)
         old = deadlines[kind]
         deadlines[kind] = when
         earliest = self._earliest
@@ -67,7 +73,7 @@ class Timers:
                 self._recompute()
 
     def cancel_all(self) -> None:
-        self._deadlines = [None] * len(_KINDS)
+        self._deadlines = _NONE_SET
         self._earliest = None
 
     def get(self, kind: TimerKind) -> float | None:
@@ -95,6 +101,8 @@ class Timers:
             if d is not None and (earliest is None or d < earliest):
                 earliest = d
         self._earliest = earliest
+        if earliest is None:
+            self._deadlines = _NONE_SET  # all cancelled or fired: let the list go
 
     def __repr__(self) -> str:
         items = ", ".join(

@@ -176,7 +176,7 @@ def test_space_adjust_follows_linux_drs_formula() -> None:
     assert rcv.rcv_space == copied
     # The out-of-order bound was the buffer: it follows, so data the larger window invites is
     # not dropped after being SACKed (a reneging sender would stall on it).
-    assert rcv.ooo.max_bytes == rcv.capacity
+    assert rcv.ooo_max_bytes == rcv.capacity
     # No growth when the application read no more than in the previous RTT.
     before = rcv.capacity
     rcv.on_data(rcv.rcv_nxt, bytes(copied), False, 0.25)
