@@ -101,9 +101,10 @@ class ConnectionCore:
         self.conn_id = conn_id
         self.local_addr, self.local_port = local[0], int(local[1])
         self.remote_addr, self.remote_port = remote[0], int(remote[1])
-        for name, port in (("local", self.local_port), ("remote", self.remote_port)):
-            if not 0 < port <= 0xFFFF:
-                raise ValueError(f"{name} port must be 1..65535, got {port}")
+        if not (0 < self.local_port <= 0xFFFF and 0 < self.remote_port <= 0xFFFF):
+            for name, port in (("local", self.local_port), ("remote", self.remote_port)):
+                if not 0 < port <= 0xFFFF:
+                    raise ValueError(f"{name} port must be 1..65535, got {port}")
         self.state = ST_CLOSED
         self.error: str | None = None
         self.passive = False

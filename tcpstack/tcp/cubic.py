@@ -169,13 +169,16 @@ class Cubic(CongestionControl):
         beta: float = BETA_CUBIC,
     ) -> None:
         super().__init__(mss, initial_window)
-        if not (math.isfinite(c) and c > 0):
-            raise ValueError(f"CUBIC C must be > 0, got {c!r}")
-        if not 0 < beta < 1:
-            raise ValueError(f"CUBIC beta must be in (0, 1), got {beta!r}")
+        if c != C_CUBIC or beta != BETA_CUBIC:  # the RFC's constants need no check
+            if not (math.isfinite(c) and c > 0):
+                raise ValueError(f"CUBIC C must be > 0, got {c!r}")
+            if not 0 < beta < 1:
+                raise ValueError(f"CUBIC beta must be in (0, 1), got {beta!r}")
+            self.alpha = 3 * (1 - beta) / (1 + beta)
+        else:
+            self.alpha = ALPHA_CUBIC
         self.c = c
         self.beta = beta
-        self.alpha = 3 * (1 - beta) / (1 + beta)
         self.fast_convergence = fast_convergence
         self.hystart = HyStartPlusPlus() if hystart else None
         # RFC 9438 state, in segments and seconds. w_max None: no congestion event yet (or a

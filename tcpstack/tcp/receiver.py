@@ -32,10 +32,9 @@ def window_scale_for(buffer: int) -> int:
     This is Linux's tcp_select_initial_window rule applied to the largest receive buffer the
     connection may use (Linux: tcp_rmem[2]; 6 MiB gives 7, 15 MiB gives 8).
     """
-    shift = 0
-    while (buffer >> shift) > 65535 and shift < 14:
-        shift += 1
-    return shift
+    # buffer >> shift <= 65535 exactly when buffer < 2**(16 + shift): one bit_length, no loop.
+    shift = buffer.bit_length() - 16
+    return 0 if shift < 0 else 14 if shift > 14 else shift
 
 
 class Receiver:
