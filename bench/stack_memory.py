@@ -267,9 +267,12 @@ def main(argv: list[str] | None = None) -> int:
           "there)")
     if args.bulk_only:
         return 0
-    rows.append(("bulk goodput, MSS 1460, accounting off", f"{off[0] / 1e6:.1f} MB/s", ">= 60 MB/s"))
+    # The accounting rows run without TSO, one segment per packet: the 60 MB/s bar is in the
+    # goodput table above, per TSO setting, and is not repeated against this row.
+    rows.append(("bulk goodput, MSS 1460, TSO off, accounting off", f"{off[0] / 1e6:.1f} MB/s",
+                 "the accounting row's baseline"))
     on, _, rep_a, rep_b = best(lambda: trio.run(_bulk, size_small, 1500, True))
-    rows.append(("bulk goodput, MSS 1460, accounting on", f"{on / 1e6:.1f} MB/s",
+    rows.append(("bulk goodput, MSS 1460, TSO off, accounting on", f"{on / 1e6:.1f} MB/s",
                  f"overhead {(off[0] - on) / off[0]:+.1%} (<= 5%)"))
     _segment_rows(rows, "MSS 1460", rep_a, rep_b)
     rows.append(("bulk goodput, MSS 65495 (MTU 65535)", f"{big[0] / 1e6:.1f} MB/s", ">= 500 MB/s"))
