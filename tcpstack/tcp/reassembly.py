@@ -25,7 +25,16 @@ from bisect import bisect_left, bisect_right
 
 import attrs
 
-__all__ = ["AddResult", "NO_OOO", "ReassemblyQueue"]
+__all__ = ["AddResult", "NO_OOO", "ReassemblyQueue", "check_bounds"]
+
+
+def check_bounds(max_bytes: int, max_ranges: int) -> None:
+    """``ValueError`` unless a queue may be bounded so (a receiver checks its bounds when it is
+    made, before the queue itself exists)."""
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes must be >= 0, not {max_bytes}")
+    if max_ranges < 1:
+        raise ValueError(f"max_ranges must be >= 1, not {max_ranges}")
 
 
 @attrs.frozen(slots=True)
@@ -104,10 +113,7 @@ class ReassemblyQueue:
     )
 
     def __init__(self, *, max_bytes: int, max_ranges: int = 64) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, not {max_bytes}")
-        if max_ranges < 1:
-            raise ValueError(f"max_ranges must be >= 1, not {max_ranges}")
+        check_bounds(max_bytes, max_ranges)
         self.max_bytes = max_bytes
         self.max_ranges = max_ranges
         self._ranges = _NO_RANGES

@@ -12,7 +12,7 @@ reassembly queue is additionally bounded in bytes and in ranges.
 from __future__ import annotations
 
 from tcpstack.tcp.buffers import ReceiveQueue
-from tcpstack.tcp.reassembly import NO_OOO, ReassemblyQueue
+from tcpstack.tcp.reassembly import NO_OOO, ReassemblyQueue, check_bounds
 
 __all__ = ["Receiver", "ACK_NONE", "ACK_DELAYED", "ACK_NOW"]
 
@@ -75,10 +75,7 @@ class Receiver:
         # RFC 1122 4.2.3.3 receiver SWS avoidance: open the window only by this much at a time.
         self.min_window_update = max(1, min(capacity // 2, advmss))
         self._buf = ReceiveQueue()  # payloads kept as they arrived: no copy per segment
-        if max_ooo_bytes < 0:
-            raise ValueError(f"max_ooo_bytes must be >= 0, not {max_ooo_bytes}")
-        if max_ooo_ranges < 1:
-            raise ValueError(f"max_ooo_ranges must be >= 1, not {max_ooo_ranges}")
+        check_bounds(max_ooo_bytes, max_ooo_ranges)
         # The out-of-order queue is made by the first segment that needs it (few connections
         # ever see one); until then every receiver shares the empty NO_OOO, which is never
         # added to, and keeps the queue's bounds here.
