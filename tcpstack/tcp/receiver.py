@@ -112,9 +112,8 @@ class Receiver:
 
     @property
     def ooo_max_bytes(self) -> int:
-        """The out-of-order queue's byte bound (its own once it exists)."""
-        ooo = self.ooo
-        return self._ooo_max_bytes if ooo is NO_OOO else ooo.max_bytes
+        """The out-of-order queue's byte bound (the queue, once made, is kept equal to it)."""
+        return self._ooo_max_bytes
 
     # -- setup --------------------------------------------------------------------------
 
@@ -426,7 +425,7 @@ class Receiver:
         rcvwin += 2 * (rcvwin * (copied - space) // space)
         size = min(rcvwin, self.autotune_max)
         if size > self.capacity:
-            if self.ooo_max_bytes == self.capacity:
+            if self._ooo_max_bytes == self.capacity:
                 # The out-of-order bound is the buffer (the default): it grows with it, or
                 # the queue would drop data the bigger window invited, after SACKing some.
                 self._ooo_max_bytes = size

@@ -456,8 +456,7 @@ class Scoreboard(LossMarking):
                 # Everything is acknowledged: let the records go now rather than at the next
                 # compaction, so an idle or TIME-WAIT connection holds none (memory, and
                 # objects the garbage collector would keep scanning).
-                recs.clear()
-                self._recs = NO_RECORDS
+                recs = self._recs = NO_RECORDS  # the SACK pass below then sees no records
                 self._head = 0
             elif head > 64 and head * 2 > nrecs:
                 del recs[:head]
